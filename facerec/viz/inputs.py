@@ -1,0 +1,218 @@
+"""Face images for the mask visualiser from whatever the user has: image files of any kind and size
+(colour or greyscale, e.g. the ORL PGMs), folders of them, MXNet ``.rec`` files and verification ``.bin``
+sets (read with ``facerec.data``), brought to the model's input size.
+
+Sizing: an image already at the input size is used as is. Otherwise, with ``align=True``, it is
+aligned with ``facerec.data.align`` (5 landmarks, similarity warp to the ArcFace template); when that
+package part or its detector extra is missing, or finds no face, the image is resized instead and a note
+says so. Resizing keeps the aspect ratio, scales the image to cover the input size and crops the centre
+(a 92x112 ORL face becomes 112x136, then its middle 112 rows), so faces are never stretched.
+"""
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import cv2
+import numpy as np
+
+__all__ = ["IMAGE_EXTENSIONS", "LoadedImages", "read_image_file", "fit_image", "load_images"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".pgm", ".ppm", ".pbm", ".pnm", ".pfm",
+                    ".tif", ".tiff", ".webp", ".jp2", ".gif", ".sr", ".ras", ".hdr", ".exr")
+
+
+@dataclasses.dataclass
+class LoadedImages:
+    """Faces ready for the model.
+
+    Attributes:
+        images: uint8 RGB (N, H, W, 3) at the requested size.
+        names: one label per face (file stem, or ``stem#index`` for records of a .rec / .bin).
+        notes: what was done to fit them (resized, aligned, truncated), for the user and the stats JSON.
+    """
+
+    images: np.ndarray
+    names: list
+    notes: list
+
+
+def _to_rgb8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = img.astype(np.float64)
+        hi = float(np.nanmax(img)) if img.size else 1.0
+        img = np.clip(np.nan_to_num(img) * (255.0 if hi <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    if img.ndim == 3 and img.shape[2] in (3, 4):
+        return np.ascontiguousarray(img[:, :, :3])
+    raise ValueError(f"unsupported image layout {img.shape}")
+
+
+def read_image_file(path: Union[str, Path]) -> np.ndarray:
+    """Any image file -> uint8 RGB (H, W, 3).
+
+    Decoded with OpenCV (8/16-bit, greyscale, alpha; PGM, PNG, JPEG, TIFF, WebP, ...), then with
+    Pillow (GIF and the rest). Greyscale is repeated to 3 channels, alpha dropped, 16 bit scaled to 8.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: neither decoder reads it (the message names the file and its size).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is not None:
+        if img.ndim == 3 and img.shape[2] >= 3:
+            img = np.ascontiguousarray(img[:, :, 2::-1] if img.shape[2] == 3 else img[:, :, [2, 1, 0, 3]])
+        try:
+            return _to_rgb8(img)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as pil:
+            return np.asarray(pil.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as err:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise ValueError(f"{path} ({data.size} bytes) is not an image OpenCV or Pillow can decode: {err}") from None
+
+
+def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB (h, w, 3) -> (H, W, 3) = ``size``: scale to cover, keep the aspect ratio, crop the centre."""
+    th, tw = size
+    h, w = image.shape[:2]
+    if (h, w) == (th, tw):
+        return image
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    y, x = (nh - th) // 2, (nw - tw) // 2
+    return np.ascontiguousarray(resized[y:y + th, x:x + tw])
+
+
+def _aligner(size: tuple[int, int]):
+    """A callable uint8 RGB -> aligned uint8 RGB or None (no face), or a reason string when unavailable."""
+    try:
+        from facerec.data import align
+    except ImportError as err:
+        return f"facerec.data.align is not available ({err})"
+    try:
+        return align.make_aligner(size)
+    except (ImportError, RuntimeError, AttributeError) as err:
+        return f"alignment is not installed (pip install '.[align]'): {err}"
+
+
+def _iter_sources(path: Path):
+    """Yield ("file", Path) / ("rec", Path) / ("bin", Path) for one user path."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"folder {path} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS[:8])}, ...)")
+        for p in files:
+            yield "file", p
+    elif not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    elif path.suffix.lower() == ".rec":
+        yield "rec", path
+    elif path.suffix.lower() == ".bin":
+        yield "bin", path
+    else:
+        yield "file", path
+
+
+def _read_rec(path: Path, limit: int):
+    from facerec.data import RecordDataset
+
+    kw = {} if (path.parent / "property").is_file() else {"num_classes": 1}
+    dataset = RecordDataset(path, train=False, **kw)
+    for i in range(min(len(dataset), limit)):
+        image, _ = dataset.read(i)
+        yield f"{path.stem}#{i}", image
+
+
+def _read_bin(path: Path, limit: int):
+    from facerec.data.verification import read_bin
+
+    images, _ = read_bin(path)
+    for i in range(min(len(images), limit)):
+        yield f"{path.stem}#{i}", images[i]
+
+
+def load_images(
+    paths: Sequence[Union[str, Path]],
+    size: tuple[int, int] = (112, 112),
+    *,
+    align: bool = False,
+    max_images: Optional[int] = 8,
+) -> LoadedImages:
+    """Read faces from files, folders (recursively, sorted), ``.rec`` and ``.bin`` files.
+
+    Args:
+        paths: image files, folders, .rec (``.idx`` beside it) or .bin files, in the order wanted.
+        size: (H, W) the model expects, e.g. (112, 112) or (112, 96).
+        align: align faces that are not already at ``size`` (see the module docstring).
+        max_images: keep the first this many faces in all (None: no limit).
+
+    Returns:
+        ``LoadedImages`` with images (N, H, W, 3) uint8 RGB, names and notes.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise ValueError("no image paths given")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
+    limit = max_images if max_images is not None else float("inf")
+    faces, names, notes = [], [], []
+    resized, aligned = [], []
+    aligner = _aligner(size) if align else None
+    if isinstance(aligner, str):
+        notes.append(f"--align requested but {aligner}; images not at {size[0]}x{size[1]} were resized instead")
+        aligner = None
+    truncated = False
+    for user_path in paths:
+        for kind, src in _iter_sources(Path(user_path)):
+            if len(faces) >= limit:
+                truncated = True
+                break
+            if kind == "file":
+                records = [(src.stem if Path(user_path).is_file() else str(src.relative_to(user_path).with_suffix("")),
+                            read_image_file(src))]
+            elif kind == "rec":
+                records = _read_rec(src, int(min(limit - len(faces), 1 << 62)))
+            else:
+                records = _read_bin(src, int(min(limit - len(faces), 1 << 62)))
+            for name, image in records:
+                if image.shape[:2] != tuple(size):
+                    out = aligner(image) if aligner is not None else None
+                    if out is not None:
+                        aligned.append(name)
+                        image = out
+                    else:
+                        resized.append(f"{name} ({image.shape[1]}x{image.shape[0]})")
+                        image = fit_image(image, size)
+                faces.append(image)
+                names.append(name)
+    if not faces:
+        raise ValueError(f"no images found in {', '.join(str(p) for p in paths)}")
+    if aligned:
+        notes.append(f"aligned to {size[0]}x{size[1]} with facerec.data.align: {len(aligned)} images")
+    if resized:
+        shown = ", ".join(resized[:5]) + (", ..." if len(resized) > 5 else "")
+        notes.append(f"resized (aspect kept, centre crop) to {size[1]}x{size[0]} (WxH) without alignment: "
+                     f"{len(resized)} images: {shown}")
+    if truncated:
+        notes.append(f"kept the first {max_images} images (max_images)")
+    for note in notes:
+        logger.info("%s", note)
+    return LoadedImages(np.stack(faces).astype(np.uint8), names, notes)
