@@ -1,0 +1,82 @@
+"""Dense-basis form of DRConv with the shared-basis generator (spec drconv-implementations.md section 5.3).
+
+When every region's filter is a mix of r shared static kernels, ``W_{b,j} = sum_t a[b, j, t] B_t``, the layer
+output is ``Y_p = sum_t a[b, M_p, t] (B_t * X)_p``: one dense conv with r*O outputs (``Z``) followed by a
+per-pixel mix with the coefficients of the pixel's region. No per-sample filters are materialised. The
+paper's Eq.7 comes from the same ``Z``: ``g_j(p) = sum_t a[b, j, t] <dY_p, Z_t(p)>``, then Eq.8.
+
+``basis_mix(z, coef, guide)`` is that mix as an autograd Function: z (B, r*O, Ho, Wo) (any memory format),
+coef (B, m, r), guide (B, m, Ho, Wo) -> (B, O, Ho, Wo). Gradients: z and coef get the exact hard-mask
+gradients; guide gets Eq.7-8.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from facerec.nn.functional import guided_mask, softmax_straight_through_grad
+
+__all__ = ["basis_mix"]
+
+
+def _pixel_coefficients(coef: Tensor, mask: Tensor) -> Tensor:
+    """c[b, t, p] = coef[b, mask[b, p], t]: (B, m, r), (B, Ho, Wo) -> (B, r, Ho, Wo)."""
+    batch, _, bases = coef.shape
+    index = mask.reshape(batch, 1, -1).expand(batch, bases, -1)
+    return torch.gather(coef.transpose(1, 2), 2, index).view(batch, bases, *mask.shape[1:])
+
+
+class _BasisMixFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, coef, guide):
+        bases = coef.shape[2]
+        out_channels = z.shape[1] // bases
+        mask = guided_mask(guide)
+        pixel_coef = _pixel_coefficients(coef.to(z.dtype), mask)
+        out = z[:, :out_channels] * pixel_coef[:, :1]
+        for t in range(1, bases):
+            out.addcmul_(z[:, t * out_channels:(t + 1) * out_channels], pixel_coef[:, t:t + 1])
+        ctx.save_for_backward(z, coef, guide, mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, coef, guide, mask = ctx.saved_tensors
+        batch, regions, bases = coef.shape
+        out_channels = z.shape[1] // bases
+        grad_out = grad_out.to(z.dtype)
+        grad_z = grad_coef = grad_guide = None
+        pixel_coef = _pixel_coefficients(coef.to(z.dtype), mask)
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.cat([grad_out * pixel_coef[:, t:t + 1] for t in range(bases)], dim=1)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            # h[b, t, p] = <dY_p, Z_t(p)>, accumulated in float32 or better.
+            work = torch.promote_types(z.dtype, torch.float32)
+            h = torch.stack([(z[:, t * out_channels:(t + 1) * out_channels] * grad_out).sum(1, dtype=work)
+                             for t in range(bases)], dim=1).view(batch, bases, -1)
+            if ctx.needs_input_grad[1]:
+                index = mask.reshape(batch, 1, -1).expand(batch, bases, -1)
+                per_region = h.new_zeros(batch, bases, regions).scatter_add_(2, index, h)
+                grad_coef = per_region.transpose(1, 2).to(coef.dtype)
+            if ctx.needs_input_grad[2]:
+                eq7 = torch.bmm(coef.to(work), h).view(batch, regions, *mask.shape[1:])
+                grad_guide = softmax_straight_through_grad(guide, eq7)
+        return grad_z, grad_coef, grad_guide
+
+
+def basis_mix(z: Tensor, coef: Tensor, guide: Tensor) -> Tensor:
+    """Per-pixel mix of basis outputs by the pixel's region coefficients (see module docstring).
+
+    z (B, r*O, Ho, Wo); coef (B, m, r); guide (B, m, Ho, Wo) -> (B, O, Ho, Wo).
+    """
+    if z.dim() != 4 or coef.dim() != 3 or guide.dim() != 4:
+        raise ValueError(f"expected z (B, r*O, Ho, Wo), coef (B, m, r), guide (B, m, Ho, Wo); got shapes "
+                         f"{tuple(z.shape)}, {tuple(coef.shape)}, {tuple(guide.shape)}")
+    batch, regions, bases = coef.shape
+    if z.shape[0] != batch or z.shape[1] % bases != 0:
+        raise ValueError(f"z shape {tuple(z.shape)} does not fit coef {tuple(coef.shape)}: expected "
+                         f"(B={batch}, r*O with r={bases}, Ho, Wo)")
+    expected = (batch, regions, z.shape[2], z.shape[3])
+    if tuple(guide.shape) != expected:
+        raise ValueError(f"guide must have shape {expected}, got {tuple(guide.shape)}")
+    return _BasisMixFunction.apply(z, coef, guide)

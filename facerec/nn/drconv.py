@@ -1,0 +1,142 @@
+"""DRConv2d: Dynamic Region-Aware Convolution (Chen et al., CVPR 2021, arXiv 2003.12243, section 3).
+
+A k x k ``guide`` conv (C -> m) gives the guided feature F; its argmax over channels is the guided mask (Eq.4).
+A filter generator (``filter_generator``, see generators.py) makes m filters per sample; every output pixel
+uses the filter of its region (Eq.3, 5); the mask learns through the paper's softmax straight-through
+gradient (Eq.6-8). The maths is ``facerec.nn.functional.region_conv2d``; with generator="basis" the layer can
+instead use the dense-basis form (``facerec.nn.basis_functional.basis_mix``), chosen per shape.
+
+``guide_modules(model)`` lists every guide conv of a model (DRConv-owned or block-owned) for mask hooks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from facerec.nn.basis_functional import basis_mix
+from facerec.nn.functional import _pair, region_conv2d
+from facerec.nn.generators import BasisFilterGenerator, PaperFilterGenerator
+
+__all__ = ["DRConv2d", "GENERATORS", "BASIS_PATHS", "guide_modules"]
+
+GENERATORS = ("paper", "basis")
+BASIS_PATHS = ("auto", "dense", "gather")
+
+# "auto" uses the dense-basis form when the output has at most this many pixels per sample (measured on
+# CPU with benchmarks/drconv_layer.py: the gathered form wins at 56x56 and 28x28, the dense one at 14x14 and
+# below, where per-sample filters and tiny region groups dominate).
+_DENSE_BASIS_MAX_PIXELS = 14 * 14
+
+
+class DRConv2d(nn.Module):
+    """Dynamic region-aware convolution.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation: as nn.Conv2d (no groups).
+        regions: m, the number of regions (filters per sample), >= 1.
+        generator: "paper" (two 1x1 convs, paper Fig. 2b) or "basis" (official code: routing over shared
+            static kernels).
+        bias: add a static per-output-channel bias.
+        external_guide: when True the layer owns no guide (``guide is None``) and ``forward(x, guide_feature)``
+            takes F from outside, e.g. one mask shared by a block's 1x1 convs.
+        hidden_channels: hidden width h of the paper generator (a multiple of m). Default m: one hidden unit
+            per region, so the generator's parameters are 2m x a conv's (m^2 as in the unofficial code gives
+            72x and would dominate MobileFaceNet's size) and its MACs (h*O*C*k^2 per sample) keep the model
+            near the paper's +6% MADDs over MobileFaceNet (Table 2: 201M vs 189M).
+        num_bases: r, the shared kernels of the basis generator (official default 8).
+        basis_path: "auto" (per output size), "dense" (one conv with r*O outputs + per-pixel mix) or
+            "gather" (materialise the m filters, region_conv2d). Only for generator="basis".
+
+    Shapes: x (B, C, H, W) [, guide_feature (B, m, Ho, Wo)] -> (B, O, Ho, Wo).
+    Submodules: ``guide`` (nn.Conv2d C -> m, k x k, same stride/padding/dilation) unless external_guide;
+    ``filter_generator`` (PaperFilterGenerator or BasisFilterGenerator).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, dilation=1,
+                 regions: int = 8, generator: str = "paper", *, bias: bool = False, external_guide: bool = False,
+                 hidden_channels: int | None = None, num_bases: int = 8, basis_path: str = "auto") -> None:
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("regions", regions)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if generator not in GENERATORS:
+            raise ValueError(f"unknown generator {generator!r}; valid generators: {', '.join(GENERATORS)}")
+        if basis_path not in BASIS_PATHS:
+            raise ValueError(f"unknown basis_path {basis_path!r}; valid: {', '.join(BASIS_PATHS)}")
+        self.in_channels, self.out_channels, self.regions = in_channels, out_channels, regions
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.generator, self.basis_path, self.external_guide = generator, basis_path, external_guide
+        self.guide = None if external_guide else nn.Conv2d(in_channels, regions, self.kernel_size, self.stride,
+                                                           self.padding, self.dilation)
+        if generator == "paper":
+            self.hidden_channels = regions if hidden_channels is None else hidden_channels
+            self.filter_generator = PaperFilterGenerator(in_channels, out_channels, self.kernel_size, regions,
+                                                         self.hidden_channels)
+        else:
+            if hidden_channels is not None:
+                raise ValueError("hidden_channels applies to generator='paper' only; use num_bases for 'basis'")
+            self.hidden_channels = None
+            self.filter_generator = BasisFilterGenerator(in_channels, out_channels, self.kernel_size, self.stride,
+                                                         self.padding, self.dilation, regions, num_bases)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    def _use_dense_basis(self, out_pixels: int) -> bool:
+        if self.generator != "basis":
+            return False
+        if self.basis_path == "auto":
+            return out_pixels <= _DENSE_BASIS_MAX_PIXELS
+        return self.basis_path == "dense"
+
+    def forward(self, x: Tensor, guide_feature: Tensor | None = None) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"DRConv2d expects a 4-D input (B, C, H, W), got {shape}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"DRConv2d expects {self.in_channels} input channels, got {x.shape[1]} "
+                             f"(input shape {tuple(x.shape)})")
+        if self.external_guide:
+            if guide_feature is None:
+                raise ValueError("this DRConv2d has external_guide=True: call forward(x, guide_feature) with "
+                                 f"guide_feature of shape (B, {self.regions}, Ho, Wo)")
+        elif guide_feature is not None:
+            raise ValueError("this DRConv2d owns its guide conv; pass only x (build it with external_guide=True "
+                             "to take the guided feature from outside)")
+        else:
+            guide_feature = self.guide(x)
+        if guide_feature.dim() != 4 or guide_feature.shape[1] != self.regions:
+            raise ValueError(f"guide feature must have shape (B, m={self.regions}, Ho, Wo), got "
+                             f"{tuple(guide_feature.shape)}")
+        gen = self.filter_generator
+        if self._use_dense_basis(guide_feature.shape[2] * guide_feature.shape[3]):
+            z = gen.basis(x)
+            if tuple(guide_feature.shape) != (x.shape[0], self.regions, z.shape[2], z.shape[3]):
+                raise ValueError(f"guide feature must have shape {(x.shape[0], self.regions, *z.shape[2:])}, "
+                                 f"got {tuple(guide_feature.shape)}")
+            out = basis_mix(z, gen.routing(x), guide_feature)
+        else:
+            out = region_conv2d(x, gen(x), guide_feature, self.stride, self.padding, self.dilation)
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, regions={self.regions}, "
+                f"generator={self.generator!r}")
+        if self.generator == "basis":
+            text += f", basis_path={self.basis_path!r}"
+        if self.external_guide:
+            text += ", external_guide=True"
+        return text
+
+
+def guide_modules(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every nn.Conv2d in ``model`` whose qualified name ends in "guide", in model order.
+
+    These produce guided features F (B, m, Ho, Wo); argmax over channels of a forward hook's output is the
+    guided mask.
+    """
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, nn.Conv2d) and name.endswith("guide")]

@@ -1,0 +1,225 @@
+"""Region-aware convolution (DRConv, Chen et al., CVPR 2021, arXiv 2003.12243, section 3.1-3.2).
+
+``region_conv2d`` is the maths of DRConv with the filters given: every output pixel p is computed with the
+filter of region ``M_p = argmax_j F[:, j, p]`` (paper Eq.3-5; ties go to the lowest index). Gradients:
+
+* input and filters: the exact gradients of that (hard-mask) forward;
+* guide F: the paper's straight-through rule, Eq.6-8. With ``s = softmax(F)`` over regions,
+  ``g_j(p) = <dL/dY_p, (W_j * X)_p>`` (Eq.7) and ``dL/dF_p = s_p * (g_p - <s_p, g_p>)`` (Eq.8).
+
+Cost (spec ``drconv-implementations.md`` section 5): the forward computes one filter per pixel (pixels are
+sorted by (sample, region) and multiplied by their group's filter in one grouped GEMM), never all m outputs.
+The backward computes ``T_j(p) = W_j^T dY_p`` for every region j in one batched GEMM (m convs: the floor for
+Eq.7); the pixel's own-region slice of T is the input gradient, so that comes for free, and
+``g_j(p) = <T_j(p), X_p>``. The filter gradient is one grouped GEMM (1 conv).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from facerec.nn._grouped import grouped_outer_sum, grouped_rows_matmul, sort_by_group
+
+__all__ = ["region_conv2d", "guided_mask", "softmax_straight_through_grad"]
+
+# Elements of the per-chunk Eq.7 intermediate (L * m * C * k^2 per sample); bounds backward memory.
+_EQ7_CHUNK_ELEMENTS = 1 << 22
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def guided_mask(guide: Tensor) -> Tensor:
+    """Region index per pixel (paper Eq.4): guide (B, m, Ho, Wo) -> (B, Ho, Wo) int64, ties to lowest index."""
+    if guide.dim() != 4:
+        raise ValueError(f"guide must be 4-D (B, m, Ho, Wo), got shape {tuple(guide.shape)}")
+    # argmax over the last (contiguous) dim is several times faster than over dim 1 of NCHW on CPU.
+    return guide.permute(0, 2, 3, 1).contiguous().argmax(dim=-1)
+
+
+def softmax_straight_through_grad(guide: Tensor, grad_soft: Tensor) -> Tensor:
+    """Paper Eq.8: dL/dF = s * (g - <s, g>) with s = softmax(F) over dim 1; computed in float32 or better."""
+    work = torch.promote_types(guide.dtype, torch.float32)
+    soft = torch.softmax(guide.to(work), dim=1)
+    grad_soft = grad_soft.to(work)
+    grad = soft * (grad_soft - (soft * grad_soft).sum(dim=1, keepdim=True))
+    return grad.to(guide.dtype)
+
+
+class _Geometry:
+    """Convolution geometry shared by forward and backward."""
+
+    def __init__(self, input: Tensor, filters: Tensor, stride, padding, dilation) -> None:
+        self.batch, self.channels, self.height, self.width = input.shape
+        _, self.regions, self.out_channels, _, self.kh, self.kw = filters.shape
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.out_h = _output_size(self.height, self.kh, stride[0], padding[0], dilation[0])
+        self.out_w = _output_size(self.width, self.kw, stride[1], padding[1], dilation[1])
+        self.pixels = self.out_h * self.out_w
+        self.ck = self.channels * self.kh * self.kw
+        self.plain = self.kh == self.kw == 1 and stride == (1, 1) and padding == (0, 0)
+
+    def rows(self, input: Tensor) -> Tensor:
+        """Input patches as rows: (B * L, C * kh * kw), channel-major within a patch (like unfold)."""
+        if self.plain:
+            return input.permute(0, 2, 3, 1).reshape(self.batch * self.pixels, self.channels)
+        cols = F.unfold(input, (self.kh, self.kw), self.dilation, self.padding, self.stride)
+        return cols.transpose(1, 2).reshape(self.batch * self.pixels, self.ck)
+
+    def fold_rows(self, grad_rows: Tensor, like: Tensor) -> Tensor:
+        """Adjoint of ``rows``: (B * L, C * kh * kw) -> (B, C, H, W) in the memory format of ``like``."""
+        fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
+        if self.plain:
+            grad = grad_rows.view(self.batch, self.height, self.width, self.channels).permute(0, 3, 1, 2)
+            return grad.contiguous(memory_format=fmt)
+        cols = grad_rows.view(self.batch, self.pixels, self.ck).transpose(1, 2)
+        grad = F.fold(cols, (self.height, self.width), (self.kh, self.kw), self.dilation, self.padding,
+                      self.stride)
+        return grad.contiguous(memory_format=fmt)
+
+    def grouped_filters(self, filters: Tensor) -> Tensor:
+        """(B, m, O, C, kh, kw) -> (B * m, C * kh * kw, O) view for rows @ filter."""
+        return filters.reshape(self.batch * self.regions, self.out_channels, self.ck).transpose(1, 2)
+
+
+def _is_channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+class _RegionConvFunction(torch.autograd.Function):
+    """Hard-mask region convolution with the paper's Eq.6-8 guide gradient."""
+
+    @staticmethod
+    def forward(ctx, input, filters, guide, stride, padding, dilation):
+        geo = _Geometry(input, filters, stride, padding, dilation)
+        mask = guided_mask(guide).reshape(-1)
+        sample = torch.arange(geo.batch, device=input.device).repeat_interleave(geo.pixels)
+        group = sample * geo.regions + mask
+        perm, counts, offsets = sort_by_group(group, geo.batch * geo.regions)
+        rows = geo.rows(input)
+        out_sorted = grouped_rows_matmul(rows.index_select(0, perm), geo.grouped_filters(filters), counts, offsets)
+        out_rows = torch.empty_like(out_sorted)
+        out_rows.index_copy_(0, perm, out_sorted)
+        out = out_rows.view(geo.batch, geo.out_h, geo.out_w, geo.out_channels).permute(0, 3, 1, 2)
+        if not _is_channels_last(input):
+            out = out.contiguous()
+        ctx.save_for_backward(input, filters, guide, mask, perm, counts, offsets)
+        ctx.geometry = (stride, padding, dilation)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        input, filters, guide, mask, perm, counts, offsets = ctx.saved_tensors
+        geo = _Geometry(input, filters, *ctx.geometry)
+        need_input, need_filters, need_guide = ctx.needs_input_grad[:3]
+        grad_out = grad_out.to(filters.dtype)
+        dy_rows = grad_out.permute(0, 2, 3, 1).reshape(geo.batch * geo.pixels, geo.out_channels)
+        rows = geo.rows(input) if (need_filters or need_guide) else None
+        grad_input = grad_filters = grad_guide = None
+        if need_guide or need_input:
+            grad_rows, eq7 = _project_back(geo, filters, dy_rows, rows, mask, need_guide)
+            if need_input:
+                grad_input = geo.fold_rows(grad_rows, input)
+            if need_guide:
+                eq7 = eq7.view(geo.batch, geo.out_h, geo.out_w, geo.regions).permute(0, 3, 1, 2)
+                grad_guide = softmax_straight_through_grad(guide, eq7)
+        if need_filters:
+            grad = grouped_outer_sum(rows.index_select(0, perm), dy_rows.index_select(0, perm), counts, offsets)
+            grad_filters = grad.transpose(1, 2).reshape(filters.shape)
+        return grad_input, grad_filters, grad_guide, None, None, None
+
+
+def _project_back(geo: _Geometry, filters: Tensor, dy_rows: Tensor, rows: Tensor | None, mask: Tensor,
+                  need_eq7: bool) -> tuple[Tensor, Tensor | None]:
+    """T_j(p) = W_j^T dY_p for all j, in sample chunks.
+
+    Returns the input-gradient rows (B * L, C k^2) (own region of T) and, when asked, Eq.7
+    g (B * L, m) with g_j(p) = <T_j(p), X_p> = <dY_p, (W_j X)_p>.
+    """
+    per_sample = max(1, geo.pixels * geo.regions * geo.ck)
+    chunk = max(1, min(geo.batch, _EQ7_CHUNK_ELEMENTS // per_sample))
+    # (B, O, m * Ck): all regions' filters side by side so one bmm gives every T_j.
+    stacked = filters.reshape(geo.batch, geo.regions, geo.out_channels, geo.ck)
+    dy = dy_rows.view(geo.batch, geo.pixels, geo.out_channels)
+    grad_rows = dy_rows.new_empty(geo.batch * geo.pixels, geo.ck)
+    eq7 = dy_rows.new_empty(geo.batch * geo.pixels, geo.regions) if need_eq7 else None
+    for start in range(0, geo.batch, chunk):
+        stop = min(start + chunk, geo.batch)
+        lo, hi = start * geo.pixels, stop * geo.pixels
+        w = stacked[start:stop].permute(0, 2, 1, 3).reshape(stop - start, geo.out_channels, -1)
+        t = torch.bmm(dy[start:stop], w).view(hi - lo, geo.regions, geo.ck)
+        own = mask[lo:hi].view(-1, 1, 1).expand(-1, 1, geo.ck)
+        grad_rows[lo:hi] = t.gather(1, own).squeeze(1)
+        if need_eq7:
+            eq7[lo:hi] = (t * rows[lo:hi].unsqueeze(1)).sum(-1)
+    return grad_rows, eq7
+
+
+def _check_inputs(input: Tensor, filters: Tensor, guide: Tensor, stride, padding, dilation) -> None:
+    for name, t in (("input", input), ("filters", filters), ("guide", guide)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if input.dim() != 4:
+        raise ValueError(f"input must be 4-D (B, C, H, W), got shape {tuple(input.shape)}")
+    if filters.dim() != 6:
+        raise ValueError(f"filters must be 6-D (B, m, O, C, kh, kw), got shape {tuple(filters.shape)}")
+    batch, channels, height, width = input.shape
+    fb, regions, out_channels, fc, kh, kw = filters.shape
+    if regions < 1:
+        raise ValueError(f"filters must hold at least one region (dim 1), got regions={regions}")
+    if fb != batch or fc != channels:
+        raise ValueError(f"filters shape {tuple(filters.shape)} does not match input {tuple(input.shape)}: "
+                         f"expected (B={batch}, m, O, C={channels}, kh, kw)")
+    if min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
+        raise ValueError(f"need stride >= 1, dilation >= 1, padding >= 0; got stride={stride}, "
+                         f"padding={padding}, dilation={dilation}")
+    out_h = _output_size(height, kh, stride[0], padding[0], dilation[0])
+    out_w = _output_size(width, kw, stride[1], padding[1], dilation[1])
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"input {height}x{width} is too small for kernel {kh}x{kw} with padding={padding}, "
+                         f"dilation={dilation}")
+    expected = (batch, regions, out_h, out_w)
+    if tuple(guide.shape) != expected:
+        raise ValueError(f"guide must have shape (B, m, Ho, Wo) = {expected}, got {tuple(guide.shape)}")
+    if input.device != filters.device or input.device != guide.device:
+        raise ValueError(f"input, filters and guide must share a device, got {input.device}, "
+                         f"{filters.device}, {guide.device}")
+
+
+def region_conv2d(input: Tensor, filters: Tensor, guide: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
+    """Dynamic region-aware convolution with given per-sample, per-region filters.
+
+    Args:
+        input: (B, C, H, W), any memory format.
+        filters: (B, m, O, C, kh, kw): one filter per sample and region.
+        guide: (B, m, Ho, Wo): the guided feature F; pixel p uses region argmax_j F[:, j, p].
+        stride, padding, dilation: int or pair, as in ``torch.nn.functional.conv2d``.
+
+    Returns:
+        (B, O, Ho, Wo); channels_last when the input is channels_last. Under autocast the input and filters
+        are cast to the autocast dtype; the Eq.8 softmax is computed in float32.
+    """
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    _check_inputs(input, filters, guide, stride, padding, dilation)
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        input, filters = input.to(dtype), filters.to(dtype)
+        with torch.autocast(device_type, enabled=False):
+            return _RegionConvFunction.apply(input, filters, guide, stride, padding, dilation)
+    if filters.dtype != input.dtype:
+        raise TypeError(f"input and filters must share a dtype outside autocast, got {input.dtype} and "
+                        f"{filters.dtype}")
+    return _RegionConvFunction.apply(input, filters, guide, stride, padding, dilation)

@@ -1,0 +1,118 @@
+"""Filter generators for DRConv (Chen et al., CVPR 2021, section 3.3; spec drconv-implementations.md 3.1).
+
+Both map the layer input x (B, C, H, W) to per-sample, per-region filters (B, m, O, C, kh, kw) and are built
+from standard nn.Conv2d / nn.Linear layers so module hooks can count them.
+
+* ``PaperFilterGenerator`` (generator="paper", paper Fig. 2b): AdaptiveAvgPool(k) -> 1x1 conv C->h + sigmoid
+  -> 1x1 conv h -> m*O*C with groups=m, no activation. Region j's filter is
+  ``bias_j + sum_t s_{j,t} V_{j,t}`` over its h/m hidden units.
+* ``BasisFilterGenerator`` (generator="basis", the official megvii code): GAP -> Linear(C, m*r) ->
+  ``a = 2 * sigmoid / r`` routing weights -> region j's filter is ``sum_t a_{j,t} B_t`` over r shared static
+  kernels B_t. The kernels are held as ``basis``, an nn.Conv2d(C, r*O, k, stride, padding, dilation) so that
+  the layer can use the dense-basis form (one conv with r*O outputs) instead of materialising filters.
+
+Initialisation: both are scaled so that the generated filters have the standard deviation of a default
+nn.Conv2d of the same shape (uniform +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)) while regions already differ, so
+the layer's output scale at step 0 matches a plain conv and the mask gradient is not vanishingly small.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PaperFilterGenerator", "BasisFilterGenerator"]
+
+
+def _conv_init_std(fan_in: int) -> float:
+    """Std of nn.Conv2d's default weight init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))."""
+    return 1.0 / math.sqrt(3.0 * fan_in)
+
+
+class PaperFilterGenerator(nn.Module):
+    """The paper's two-conv generator: x (B, C, H, W) -> filters (B, m, O, C, k, k).
+
+    hidden_channels h must be a multiple of m (each region's group sees h/m hidden units). Parameters:
+    C*h + h (first conv) and h*O*C*k^2 + m*O*C*k^2 (second conv): (h/m + 1) * m times a plain conv's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], regions: int,
+                 hidden_channels: int) -> None:
+        super().__init__()
+        if hidden_channels < 1 or hidden_channels % regions != 0:
+            raise ValueError(f"hidden_channels must be a positive multiple of regions={regions}, "
+                             f"got {hidden_channels}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.regions, self.hidden_channels = regions, hidden_channels
+        self.pool = nn.AdaptiveAvgPool2d(kernel_size)
+        self.squeeze = nn.Conv2d(in_channels, hidden_channels, 1)
+        self.expand = nn.Conv2d(hidden_channels, regions * out_channels * in_channels, 1, groups=regions)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = _conv_init_std(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+        per_group = self.hidden_channels // self.regions
+        # Filter = bias + sum_t s_t V_t with s = sigmoid(.) ~ 0.5 at start: half the variance static, half
+        # per-sample; E[s^2] ~ 0.25.
+        bias_std = std / math.sqrt(2.0)
+        weight_std = std / math.sqrt(2.0 * per_group * 0.25)
+        nn.init.uniform_(self.expand.weight, -math.sqrt(3.0) * weight_std, math.sqrt(3.0) * weight_std)
+        nn.init.uniform_(self.expand.bias, -math.sqrt(3.0) * bias_std, math.sqrt(3.0) * bias_std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = torch.sigmoid(self.squeeze(self.pool(x)))
+        flat = self.expand(hidden)
+        kh, kw = self.kernel_size
+        return flat.view(x.shape[0], self.regions, self.out_channels, self.in_channels, kh, kw)
+
+
+class BasisFilterGenerator(nn.Module):
+    """The official shared-basis generator: routing weights a (B, m, r) over r static kernels.
+
+    ``routing(x)`` -> a (B, m, r); ``forward(x)`` -> filters (B, m, O, C, k, k) = sum_t a[:, :, t] B_t.
+    ``basis`` is an nn.Conv2d(C, r*O, k, stride, padding, dilation, bias=False): its output channel block t
+    is B_t applied to x (the dense-basis fast path calls it as a module).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], stride, padding,
+                 dilation, regions: int, num_bases: int) -> None:
+        super().__init__()
+        if num_bases < 1:
+            raise ValueError(f"num_bases must be >= 1, got {num_bases}")
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
+        self.regions, self.num_bases = regions, num_bases
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.route = nn.Linear(in_channels, regions * num_bases)
+        self.basis = nn.Conv2d(in_channels, num_bases * out_channels, kernel_size, stride, padding, dilation,
+                               bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Regions start distinct: the routing bias gives each region its own mix of the bases.
+        nn.init.normal_(self.route.bias, 0.0, 1.0)
+        with torch.no_grad():
+            coef = 2.0 * torch.sigmoid(self.route.bias.view(self.regions, self.num_bases)) / self.num_bases
+            mix_norm = coef.pow(2).sum(dim=1).mean().item()
+        std = _conv_init_std(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
+        basis_std = std / math.sqrt(mix_norm)
+        nn.init.uniform_(self.basis.weight, -math.sqrt(3.0) * basis_std, math.sqrt(3.0) * basis_std)
+
+    def routing(self, x: Tensor) -> Tensor:
+        """Routing weights a (B, m, r) = 2 * sigmoid(Linear(GAP(x))) / r."""
+        logits = self.route(self.pool(x).flatten(1))
+        return (2.0 / self.num_bases) * torch.sigmoid(logits).view(x.shape[0], self.regions, self.num_bases)
+
+    def bases(self) -> Tensor:
+        """The shared kernels as (r, O, C, kh, kw)."""
+        kh, kw = self.kernel_size
+        return self.basis.weight.view(self.num_bases, self.out_channels, self.in_channels, kh, kw)
+
+    def mix(self, coef: Tensor) -> Tensor:
+        """Filters (B, m, O, C, kh, kw) from routing weights a (B, m, r)."""
+        bases = self.bases().to(coef.dtype)
+        flat = torch.matmul(coef, bases.reshape(self.num_bases, -1))
+        return flat.view(*coef.shape[:2], *bases.shape[1:])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.mix(self.routing(x))
