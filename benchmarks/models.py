@@ -1,0 +1,146 @@
+"""Speed of the MobileFaceNet family relative to plain MobileFaceNet, measured in the same run.
+
+Training step = forward + AM-Softmax head + cross-entropy + backward + SGD step (momentum 0.9, the paper's
+weight-decay groups), batch 32, 112x112. Inference = eval(), no_grad, batch 32, images/s. Each figure is the
+median of ``--repeats`` timed repetitions after warm-up; variants are interleaved round by round so machine
+load affects them alike. ``--blocks`` adds a per-bottleneck table (forward+backward of each block alone, the
+variant's block against the plain block of the same shape) to show which layers dominate.
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/models.py [--blocks]
+
+Targets (issue 3, CPU): drconv_mobilefacenet training step <= 3.5x and inference <= 1.6x plain MobileFaceNet.
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from facerec.models import create_head, create_model, list_models, param_groups  # noqa: E402
+
+TARGETS = {"drconv_mobilefacenet": (3.5, 1.6)}
+
+
+def _train_step_fn(model, head, batch, classes):
+    opt = torch.optim.SGD(param_groups(model, head), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 112, 112)
+    y = torch.randint(0, classes, (batch,))
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(head(model(x), y), y)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _infer_fn(model, batch):
+    x = torch.randn(batch, 3, 112, 112)
+    model.eval()
+
+    def step():
+        with torch.no_grad():
+            model(x)
+    return step
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def bench_models(names, batch, repeats, warmup, classes):
+    torch.manual_seed(0)
+    models = {n: create_model(n, input_size=(112, 112)) for n in names}
+    heads = {n: create_head("am_softmax", 128, classes) for n in names}
+    results = {}
+    for mode in ("train", "infer"):
+        fns = {n: (_train_step_fn(models[n], heads[n], batch, classes) if mode == "train"
+                   else _infer_fn(models[n], batch)) for n in names}
+        for n in names:
+            for _ in range(warmup):
+                fns[n]()
+        times = {n: [] for n in names}
+        for _ in range(repeats):
+            for n in names:
+                times[n].append(_time(fns[n]))
+        for n in names:
+            results.setdefault(n, {})[mode] = statistics.median(times[n])
+    return results
+
+
+def bench_blocks(variant, batch, repeats):
+    """fwd+bwd of every bottleneck alone: (label, plain seconds, variant seconds)."""
+    torch.manual_seed(0)
+    plain = create_model("mobilefacenet", input_size=(112, 112)).train()
+    other = create_model(variant, input_size=(112, 112)).train()
+    x = torch.randn(batch, 3, 112, 112)
+    with torch.no_grad():
+        feat = plain.stem(x)
+    rows = []
+    for i, (pb, ob) in enumerate(zip([b for s in plain.stages for b in s], [b for s in other.stages for b in s])):
+        inp = feat.detach().requires_grad_(True)
+        label = (f"block {i + 1}: {pb.expand.in_channels}->{pb.expand.out_channels}->"
+                 f"{pb.project.out_channels} @{inp.shape[2]}x{inp.shape[3]} s{pb.stride}")
+        timings = []
+        for block in (pb, ob):
+            def fn(block=block):
+                block.zero_grad(set_to_none=True)
+                block(inp).sum().backward()
+            fn()
+            timings.append(statistics.median(_time(fn) for _ in range(repeats)))
+        rows.append((label, timings[0], timings[1]))
+        with torch.no_grad():
+            feat = pb(feat)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=1000, help="AM-Softmax classes in the training step")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--blocks", action="store_true", help="per-bottleneck fwd+bwd table for --block-variant")
+    parser.add_argument("--block-variant", default="drconv_mobilefacenet", choices=list_models())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = ["mobilefacenet"] + [n for n in args.models if n != "mobilefacenet"]
+    res = bench_models(names, args.batch, args.repeats, args.warmup, args.classes)
+    base = res["mobilefacenet"]
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, 112x112, "
+          f"median of {args.repeats}")
+    print()
+    print("| model | train step (s) | train ratio | inference (img/s) | inference time ratio | target |")
+    print("|---|---:|---:|---:|---:|---|")
+    for n in names:
+        r = res[n]
+        tr, ir = r["train"] / base["train"], r["infer"] / base["infer"]
+        target = "-"
+        if n in TARGETS:
+            tt, it = TARGETS[n]
+            target = (f"train <= {tt}x: {'met' if tr <= tt else 'missed'}; "
+                      f"inference <= {it}x: {'met' if ir <= it else 'missed'}")
+        print(f"| {n} | {r['train']:.3f} | {tr:.2f}x | {args.batch / r['infer']:.1f} | {ir:.2f}x | {target} |")
+    if args.blocks:
+        print()
+        print(f"Per-bottleneck forward+backward, {args.block_variant} block vs plain block (batch {args.batch}):")
+        print()
+        print("| block | plain (ms) | variant (ms) | ratio |")
+        print("|---|---:|---:|---:|")
+        for label, a, b in bench_blocks(args.block_variant, args.batch, args.repeats):
+            print(f"| {label} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

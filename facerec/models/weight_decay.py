@@ -1,0 +1,59 @@
+"""Optimizer parameter groups for the MobileFaceNet paper's weight decay (Chen et al. 2018, section 4.1).
+
+The paper: weight decay 4e-5, except 4e-4 for the layers after the global operator (GDConv) and the
+classifier (../shared/specs/face-pipelines-survey.md section 4.3). Our reading, explicit:
+
+* ``late`` group, ``wd_late`` (4e-4): the weights of the backbone's modules listed in its
+  ``late_module_names`` (MobileFaceNet: ``embedding``, the linear 1x1 conv after the GDConv) and the head's
+  class weights.
+* ``decay`` group, ``wd`` (4e-5): every other conv / linear weight, including the DRConv guide convs and
+  filter generators, CondConv experts and routing, and local-conv weights.
+* ``no_decay`` group, 0: BatchNorm affine parameters, PReLU slopes and biases (also those after the GDConv).
+  Decaying BN scales only fights the next layer's scale (the conv before a BN is scale-invariant), and
+  decaying PReLU slopes pulls them towards ReLU, which MobileFaceNet chose PReLU to avoid (TreB1eN excludes
+  BN, Xiaoccer excludes PReLU; we exclude both).
+
+Every trainable parameter lands in exactly one group; frozen ones are left out.
+"""
+from typing import Any, Dict, List, Optional
+
+import torch.nn as nn
+
+__all__ = ["param_groups"]
+
+_NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
+
+
+def param_groups(backbone: nn.Module, head: Optional[nn.Module] = None, wd: float = 4e-5,
+                 wd_late: float = 4e-4) -> List[Dict[str, Any]]:
+    """Three groups for ``torch.optim.SGD(param_groups(...), lr=..., momentum=0.9)``.
+
+    Returns ``[{"name": "decay", "params": [...], "weight_decay": wd}, {"name": "late", ...,
+    "weight_decay": wd_late}, {"name": "no_decay", ..., "weight_decay": 0.0}]``; empty groups are dropped.
+    """
+    for key, value in (("wd", wd), ("wd_late", wd_late)):
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+    late_prefixes = tuple(getattr(backbone, "late_module_names", ()))
+    groups: Dict[str, List[nn.Parameter]] = {"decay": [], "late": [], "no_decay": []}
+    seen = set()
+
+    def visit(module: nn.Module, all_late: bool) -> None:
+        for mod_name, mod in module.named_modules():
+            is_late = all_late or any(mod_name == p or mod_name.startswith(p + ".") for p in late_prefixes)
+            for p_name, param in mod.named_parameters(recurse=False):
+                if not param.requires_grad or id(param) in seen:
+                    continue
+                seen.add(id(param))
+                if isinstance(mod, _NO_DECAY_MODULES) or p_name == "bias" or p_name.endswith("_bias"):
+                    groups["no_decay"].append(param)
+                elif is_late:
+                    groups["late"].append(param)
+                else:
+                    groups["decay"].append(param)
+
+    visit(backbone, False)
+    if head is not None:
+        visit(head, True)
+    decay = {"decay": float(wd), "late": float(wd_late), "no_decay": 0.0}
+    return [{"name": k, "params": v, "weight_decay": decay[k]} for k, v in groups.items() if v]

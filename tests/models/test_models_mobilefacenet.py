@@ -1,0 +1,112 @@
+"""MobileFaceNet family: architecture of the paper's table, forward/backward/eval for every registry model."""
+import pytest
+import torch
+import torch.nn as nn
+
+from facerec.models import MOBILEFACENET_SETTINGS, Bottleneck, MobileFaceNet, create_model, list_models
+
+SIZES = [(112, 112), (112, 96)]
+MODELS = ["mobilefacenet", "drconv_mobilefacenet", "condconv_mobilefacenet", "local_mobilefacenet"]
+
+
+def test_registry_lists_the_four_table2_models():
+    assert list_models() == MODELS
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError) as err:
+        create_model("resnet50")
+    for name in MODELS:
+        assert name in str(err.value)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="input_size"):
+        create_model("mobilefacenet", input_size=(96, 96))
+    with pytest.raises(ValueError, match="embedding_size"):
+        create_model("mobilefacenet", embedding_size=0)
+    with pytest.raises(TypeError, match="regions"):
+        create_model("mobilefacenet", regions=8)
+    with pytest.raises(ValueError, match="local_layers"):
+        create_model("local_mobilefacenet", local_layers=9)
+    model = create_model("mobilefacenet", input_size=(112, 96))
+    with pytest.raises(ValueError, match=r"\(B, 3, 112, 96\)"):
+        model(torch.zeros(1, 3, 112, 112))
+
+
+def test_layer_table_matches_the_paper():
+    model = MobileFaceNet(input_size=(112, 96))
+    blocks = [b for stage in model.stages for b in stage]
+    assert len(blocks) == sum(n for _, _, n, _ in MOBILEFACENET_SETTINGS) == 15
+    expected = []
+    in_c = 64
+    for t, c, n, s in MOBILEFACENET_SETTINGS:
+        for i in range(n):
+            expected.append((in_c, in_c * t, c, s if i == 0 else 1))
+            in_c = c
+    got = [(b.expand.in_channels, b.expand.out_channels, b.project.out_channels, b.stride) for b in blocks]
+    assert got == expected
+    # shortcut only when stride 1 and channels match: blocks 1, 2 (stage starts), 7 and 13 have none
+    assert [b.use_shortcut for b in blocks] == [False, True, True, True, True, False, True, True, True, True,
+                                                True, True, False, True, True]
+    # projections are linear: no PReLU after project_bn; expansion and depthwise have PReLU
+    for b in blocks:
+        assert isinstance(b.expand_act, nn.PReLU) and isinstance(b.depthwise_act, nn.PReLU)
+        assert not hasattr(b, "project_act")
+        assert b.depthwise.groups == b.depthwise.in_channels and b.depthwise.kernel_size == (3, 3)
+    assert model.gdconv[0].kernel_size == (7, 6) and model.gdconv[0].groups == 512
+    assert not any(isinstance(m, nn.PReLU) for m in model.gdconv)
+    assert not any(isinstance(m, nn.PReLU) for m in model.embedding)
+    assert MobileFaceNet(input_size=(112, 112)).gdconv[0].kernel_size == (7, 7)
+    # every conv is followed by a BN: count them
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(convs) == len(bns) == 2 + 15 * 3 + 3
+
+
+def test_any_embedding_size():
+    model = create_model("mobilefacenet", embedding_size=7).eval()
+    assert model(torch.randn(2, 3, 112, 112)).shape == (2, 7)
+
+
+def test_local_variant_uses_local_in_the_last_three_bottleneck_layers():
+    model = create_model("local_mobilefacenet", input_size=(112, 96))
+    blocks = [b for stage in model.stages for b in stage]
+    kinds = []
+    for b in blocks:
+        kinds += [type(b.expand).__name__, type(b.project).__name__]
+    assert kinds[:27] == ["Conv2d"] * 27
+    assert len(set(kinds[27:])) == 1 and kinds[27] != "Conv2d"
+
+
+def test_drconv_blocks_share_one_guide():
+    from facerec.nn import guide_modules
+
+    model = create_model("drconv_mobilefacenet", input_size=(112, 96))
+    guides = list(guide_modules(model))
+    names = [g[0] if isinstance(g, tuple) else g for g in guides]
+    block_guides = [n for n in names if n.endswith(".guide") and n.count(".") == 3]
+    assert len(block_guides) == 15
+    for b in (b for stage in model.stages for b in stage):
+        assert b.guide.out_channels == 8 and b.guide.kernel_size == (1, 1)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("size", SIZES)
+def test_forward_backward_eval(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, input_size=size, embedding_size=16)
+    x = torch.randn(2, 3, *size)
+    out = model(x)
+    assert out.shape == (2, 16) and out.dtype == torch.float32
+    out.square().sum().backward()
+    for pname, param in model.named_parameters():
+        assert param.grad is not None, f"{name}: {pname} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{name}: {pname} has a non-finite gradient"
+    missing = [p for p, q in model.named_parameters() if q.grad.abs().sum() == 0 and "guide" not in p]
+    assert len(missing) < 3, f"{name}: zero gradients for {missing}"
+    model.eval()
+    with torch.no_grad():
+        a, b = model(x), model(x)
+    assert torch.equal(a, b)
+    assert torch.isfinite(a).all()
