@@ -113,7 +113,14 @@ def _legend_layout(width_in: float, regions: int) -> tuple[int, int]:
 
 def figure_inches(n_images: int, n_layers: int, image_size: tuple[int, int], regions: int,
                   cell_inches: float = 1.2, names: bool = True) -> tuple[float, float]:
-    """(width, height) in inches of ``save_mask_figure``'s figure; its PNG is round(inches * dpi) pixels."""
+    """(width, height) in inches of ``save_mask_figure``'s figure, multiples of 1/8 inch, so its PNG is
+    exactly floor(inches * dpi) pixels each way."""
+    width, height = _content_inches(n_images, n_layers, image_size, regions, cell_inches, names)
+    return math.ceil(width * 8) / 8, math.ceil(height * 8) / 8
+
+
+def _content_inches(n_images: int, n_layers: int, image_size: tuple[int, int], regions: int,
+                    cell_inches: float, names: bool) -> tuple[float, float]:
     h, w = image_size
     cell_w, cell_h = cell_inches * w / max(h, w), cell_inches * h / max(h, w)
     width = 2 * _MARGIN + (_NAME_W if names else 0.0) + (n_layers + 1) * cell_w + n_layers * _GAP
@@ -121,7 +128,7 @@ def figure_inches(n_images: int, n_layers: int, image_size: tuple[int, int], reg
     _, legend_rows = _legend_layout(width, regions)
     height = 2 * _MARGIN + _TITLE_H + n_images * cell_h + (n_images - 1) * _GAP
     height += _LEGEND_PAD_H + legend_rows * _LEGEND_ROW_H
-    return round(width, 4), round(height, 4)
+    return width, height
 
 
 def _column_title(layer: MaskLayer, mask_size: tuple[int, int]) -> str:
@@ -174,7 +181,8 @@ def save_mask_figure(
     regions = max([layer.regions for layer in layers] + [1])
     width, height = figure_inches(n, len(layers), (h, w), regions, cell_inches, names is not None)
     cell_w, cell_h = cell_inches * w / max(h, w), cell_inches * h / max(h, w)
-    left = _MARGIN + (_NAME_W if names is not None else 0.0)
+    content_w, _ = _content_inches(n, len(layers), (h, w), regions, cell_inches, names is not None)
+    left = _MARGIN + (_NAME_W if names is not None else 0.0) + (width - content_w) / 2
     top = height - _MARGIN - _TITLE_H
     rc = {"pdf.fonttype": 42, "svg.fonttype": "none", "font.size": 6.5, "font.family": "DejaVu Sans"}
     with rc_context(rc):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facerec.nn import guide_modules
 from facerec.viz.palette import MAX_REGIONS, PALETTE
 
 __all__ = [
@@ -56,12 +57,6 @@ class MaskLayer:
         return re.sub(r"\.?guide$", "", self.name) or self.name
 
 
-def _guide_modules(model: nn.Module) -> list:
-    from facerec.nn import guide_modules
-
-    return guide_modules(model)
-
-
 def find_mask_layers(model: nn.Module) -> list[MaskLayer]:
     """Every DRConv guided-mask layer of ``model``, in ``named_modules`` order.
 
@@ -71,7 +66,7 @@ def find_mask_layers(model: nn.Module) -> list[MaskLayer]:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    guides = _guide_modules(model)
+    guides = guide_modules(model)
     if not guides:
         raise ValueError(
             f"model {type(model).__name__} has no DRConv layer (no nn.Conv2d named '*guide'), so it has no "

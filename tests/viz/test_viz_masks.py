@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from facerec.viz import masks as viz_masks
 from facerec.viz import (PALETTE, PALETTE_HEX, capture_masks, find_mask_layers, mask_shapes, overlay_mask,
                          palette_rgb, region_areas, select_layers, upsample_nearest)
 
@@ -51,17 +50,6 @@ class ToyNet(nn.Module):
         x = self.bn(self.block(self.layer1(torch.relu(self.stem(x)))))
         return self.fc(x.mean(dim=(2, 3)))
 
-
-def _local_guide_modules(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n.endswith("guide")]
-
-
-@pytest.fixture(autouse=True)
-def _guides_until_nn_lands(monkeypatch):
-    try:
-        from facerec.nn import guide_modules  # noqa: F401
-    except ImportError:
-        monkeypatch.setattr(viz_masks, "_guide_modules", _local_guide_modules)
 
 
 def _images(n=3, h=32, w=32, seed=0):
