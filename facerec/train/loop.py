@@ -166,6 +166,9 @@ class _Run:
         net: nn.Module = _Net(self.backbone, self.head)
         if info.is_distributed:
             if cfg.train.sync_bn:
+                if self.device.type != "cuda":
+                    raise ValueError("train.sync_bn=true needs CUDA devices (torch's SyncBatchNorm has no "
+                                     f"CPU kernel); this run is on {self.device}")
                 net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
                 self.backbone, self.head = net.backbone, net.head
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,11 @@ class ThroughputMeter:
 
 
 class _TqdmHandler(logging.Handler):
-    """Console handler that prints through ``tqdm.write`` so the bar is not torn."""
+    """Console handler (stderr) that prints through ``tqdm.write`` so the bar is not torn."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record))
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging must never raise into the loop
             self.handleError(record)
 
