@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="png,pdf", help="figure formats among png,pdf,svg (default png,pdf)")
     p.add_argument("--max-images", type=int, default=8, help="faces in the figure, one row each (default 8)")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the region colours over the face (default 0.5)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda, cuda:1, ...")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                    help="model input size (default: the model's own, else 112 112)")
     return p
@@ -38,11 +39,11 @@ def _load_model(args):
     if args.checkpoint:
         from facerec.train.checkpoint import load_backbone
 
-        return load_backbone(args.checkpoint, map_location="cpu"), f"checkpoint {args.checkpoint}"
+        return load_backbone(args.checkpoint, map_location=args.device), f"checkpoint {args.checkpoint}"
     from facerec.models import create_model
 
     kw = {"input_size": tuple(args.input_size)} if args.input_size else {}
-    return create_model(args.model, **kw).eval(), f"model {args.model} (untrained weights)"
+    return create_model(args.model, **kw).to(args.device).eval(), f"model {args.model} (untrained weights)"
 
 
 def main(argv=None) -> int:

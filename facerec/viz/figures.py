@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from facerec.viz.masks import MaskLayer, LayerSpec, capture_masks, overlay_mask, region_areas, select_layers
-from facerec.viz.palette import PALETTE, PALETTE_HEX, PALETTE_NAMES
+from facerec.viz.palette import MAX_REGIONS, PALETTE, PALETTE_HEX, PALETTE_NAMES
 
 __all__ = [
     "FIGURE_FORMATS",
@@ -48,7 +48,7 @@ _TITLE_H = 0.46
 _NAME_W = 0.18
 _LEGEND_ENTRY_W = 0.95
 _LEGEND_ROW_H = 0.17
-_LEGEND_PAD_H = 0.30
+_LEGEND_PAD_H = 0.22
 
 
 def _check_inputs(images: np.ndarray, masks: Sequence[np.ndarray]) -> None:
@@ -175,6 +175,7 @@ def save_mask_figure(
         raise ValueError(f"dpi must be an int in 10..2400, got {dpi!r}")
     if len(layers) != len(masks):
         raise ValueError(f"got {len(masks)} mask arrays for {len(layers)} layers")
+    _check_palette(layers)
     if names is not None and len(names) != len(images):
         raise ValueError(f"got {len(names)} names for {len(images)} images")
     n, h, w, _ = images.shape
@@ -216,6 +217,14 @@ def save_mask_figure(
             fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata[fmt])
             written[fmt] = path
     return written
+
+
+def _check_palette(layers: Sequence[MaskLayer]) -> None:
+    for layer in layers:
+        if layer.regions > MAX_REGIONS:
+            raise ValueError(f"layer {layer.name!r} has {layer.regions} regions; the region palette has "
+                             f"{MAX_REGIONS} colours, so only layers with m <= {MAX_REGIONS} can be drawn "
+                             "(capture_masks still returns its masks)")
 
 
 def _check_formats(formats: Union[str, Sequence[str]]) -> tuple[str, ...]:
@@ -274,6 +283,7 @@ def render_mask_figure(
     """
     formats = _check_formats(formats)
     chosen = select_layers(model, layers)
+    _check_palette(chosen)
     names = [f"face {i}" for i in range(len(images))] if names is None else [str(s) for s in names]
     masks = capture_masks(model, images, chosen, batch_size=batch_size, normalize=normalize)
     arrays = [masks[layer.name] for layer in chosen]

@@ -114,7 +114,7 @@ def select_layers(model: nn.Module, layers: LayerSpec = "all") -> list[MaskLayer
 
     Raises:
         ValueError: no DRConv layer, an unknown name (the valid ones are listed), an index out of range,
-            an empty selection, or a layer with more regions than the palette has colours (16).
+            or an empty selection.
     """
     available = find_mask_layers(model)
     if isinstance(layers, str):
@@ -132,11 +132,6 @@ def select_layers(model: nn.Module, layers: LayerSpec = "all") -> list[MaskLayer
         layer = _resolve_one(item, available)
         if layer not in chosen:
             chosen.append(layer)
-    for layer in chosen:
-        if layer.regions > MAX_REGIONS:
-            raise ValueError(
-                f"layer {layer.name!r} has {layer.regions} regions; the mask palette has {MAX_REGIONS} colours"
-            )
     return chosen
 
 
@@ -222,8 +217,8 @@ def capture_masks(
             (the project's one normalisation).
 
     Returns:
-        ``{layer name: masks}`` in selection order; masks is uint8 (N, Ho, Wo) with values in [0, m),
-        (Ho, Wo) the layer's output resolution.
+        ``{layer name: masks}`` in selection order; masks is (N, Ho, Wo) with values in [0, m), uint8
+        (int32 when m > 256), (Ho, Wo) the resolution of the layer's guided feature.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -252,7 +247,8 @@ def capture_masks(
                     parts[name].append(mask)
     finally:
         model.train(was_training)
-    return {name: torch.cat(chunks).numpy().astype(np.uint8) for name, chunks in parts.items()}
+    dtypes = {layer.name: np.uint8 if layer.regions <= 256 else np.int32 for layer in chosen}
+    return {name: torch.cat(chunks).numpy().astype(dtypes[name]) for name, chunks in parts.items()}
 
 
 def mask_shapes(

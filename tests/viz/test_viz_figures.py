@@ -137,3 +137,13 @@ def test_load_images_from_folder_and_files(tmp_path):
         load_images([tmp_path / "faces" / "empty"] if (tmp_path / "faces" / "empty").mkdir() is None else [])
     with pytest.raises(FileNotFoundError, match="nowhere"):
         load_images([tmp_path / "nowhere"])
+
+
+def test_more_regions_than_colours_capture_but_do_not_draw(tmp_path):
+    model = _Guided()
+    model.deep.guide = nn.Conv2d(4, 20, 1)
+    masks = capture_masks(model, _faces(2), "deep", normalize=_norm)
+    assert masks["deep.guide"].max() < 20 and masks["deep.guide"].shape == (2, 4, 4)
+    with pytest.raises(ValueError, match="20 regions; the region palette has 16 colours"):
+        render_mask_figure(model, _faces(2), tmp_path, "deep", normalize=_norm)
+    assert find_mask_layers(model)[1].regions == 20
