@@ -10,6 +10,7 @@ says so. Resizing keeps the aspect ratio, scales the image to cover the input si
 """
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -30,7 +31,8 @@ class LoadedImages:
 
     Attributes:
         images: uint8 RGB (N, H, W, 3) at the requested size.
-        names: one label per face (file stem, or ``stem#index`` for records of a .rec / .bin).
+        names: one label per face: the file stem for a file, ``folder/relative/path`` (no extension)
+            for a file found in a folder, ``stem#index`` for records of a .rec / .bin.
         notes: what was done to fit them (resized, aligned, truncated), for the user and the stats JSON.
     """
 
@@ -120,10 +122,16 @@ def _aligner(size: tuple[int, int]):
     return align
 
 
+def _natural_key(path: Path) -> list:
+    """Sort key with numbers compared as numbers: s2/9.pgm before s2/10.pgm before s10/1.pgm."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path.as_posix())]
+
+
 def _iter_sources(path: Path):
     """Yield ("file", Path) / ("rec", Path) / ("bin", Path) for one user path."""
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                       key=_natural_key)
         if not files:
             raise ValueError(f"folder {path} holds no image files (looked for {', '.join(IMAGE_EXTENSIONS[:8])}, ...)")
         for p in files:
@@ -171,7 +179,8 @@ def _iter_records(paths: Sequence[Union[str, Path]]):
             elif kind == "bin":
                 yield from _read_bin(src)
             else:
-                name = src.stem if root.is_file() else src.relative_to(root).with_suffix("").as_posix()
+                rel = Path(root.resolve().name) / src.relative_to(root)
+                name = src.stem if root.is_file() else rel.with_suffix("").as_posix()
                 yield name, read_image_file(src)
 
 
@@ -185,7 +194,8 @@ def load_images(
     """Read faces from files, folders (recursively, sorted), ``.rec`` and ``.bin`` files.
 
     Args:
-        paths: image files, folders, .rec (``.idx`` beside it) or .bin files, in the order wanted.
+        paths: image files, folders (searched recursively, numbers in names sorted as numbers), .rec
+            (``.idx`` beside it) or .bin files, in the order wanted.
         size: (H, W) the model expects, e.g. (112, 112) or (112, 96).
         align: align faces that are not already at ``size`` (see the module docstring).
         max_images: keep the first this many faces in all (None: no limit).

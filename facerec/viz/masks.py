@@ -172,7 +172,8 @@ class _MaskRecorder:
             if not calls:
                 raise ValueError(f"guide conv {layer.name!r} was not called in the forward pass, so it has no mask")
             if len(calls) > 1:
-                logger.warning("guide conv %s ran %d times in one forward; using its first call", layer.name, len(calls))
+                logger.warning("guide conv %s ran %d times in one forward; using its first call",
+                               layer.name, len(calls))
             out[layer.name] = calls[0]
             calls.clear()
         return out
@@ -186,7 +187,9 @@ def _to_input(images: Union[np.ndarray, torch.Tensor], normalize: Optional[Calla
             )
         return images
     if not isinstance(images, np.ndarray):
-        raise TypeError(f"images must be a uint8 numpy array (N, H, W, 3) or a float tensor, got {type(images).__name__}")
+        raise TypeError(
+            f"images must be a uint8 numpy array (N, H, W, 3) or a float tensor, got {type(images).__name__}"
+        )
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 RGB (N, H, W, 3), got {images.dtype} {images.shape}")
     if normalize is None:

@@ -130,7 +130,7 @@ def test_load_images_from_folder_and_files(tmp_path):
     (folder / "readme.txt").write_text("not an image")
     got = load_images([tmp_path / "faces", tmp_path / "ok.png"], (112, 112), max_images=None)
     assert got.images.shape == (4, 112, 112, 3) and got.images.dtype == np.uint8
-    assert got.names == ["s1/0", "s1/1", "s1/2", "ok"]
+    assert got.names == ["faces/s1/0", "faces/s1/1", "faces/s1/2", "ok"]
     assert any("resized" in n and "3 images" in n for n in got.notes)
     assert len(load_images([tmp_path / "faces"], max_images=2).images) == 2
     with pytest.raises(ValueError, match="holds no image files"):

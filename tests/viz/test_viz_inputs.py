@@ -39,7 +39,8 @@ def test_shared_real_files(shared_data):
                        shared_data / "kzface-insightface-rec" / "validation" / "validation.bin"],
                       (112, 96), max_images=14)
     assert got.images.shape == (14, 112, 96, 3)
-    assert got.names[0] == "1" and got.names[10] == "train#0" and got.names[13] == "train#3"
+    assert got.names[:3] == ["s1/1", "s1/2", "s1/3"] and got.names[9] == "s1/10"
+    assert got.names[10] == "train#0" and got.names[13] == "train#3"
     assert np.array_equal(got.images[0][..., 0], got.images[0][..., 1]), "ORL is greyscale"
     only_bin = load_images([shared_data / "kzface-insightface-rec" / "validation" / "validation.bin"], max_images=2)
     assert only_bin.images.shape == (2, 112, 112, 3)
