@@ -5,7 +5,9 @@ A DRConv layer computes its guided feature ``F`` (B, m, Ho, Wo) with a k x k con
 ``M[u, v] = argmax_j F[j, u, v]`` (paper Eq. 4), values in ``[0, m)``, ties to the lowest index. This
 module finds those convolutions with ``facerec.nn.guide_modules``, hooks them for one forward pass
 (the model code is never touched and the hooks are always removed), and turns the masks into region
-statistics and colour overlays (paper Fig. 3). Figures live in ``facerec.viz.figures``.
+statistics and colour overlays (paper Fig. 3). Figures live in ``facerec.viz.figures``. uint8 faces are
+normalised with ``facerec.data.transforms.normalize`` (the project's one normalisation, imported when used)
+unless the caller passes its own ``normalize`` or an already normalised tensor.
 """
 import dataclasses
 import logging
@@ -207,8 +209,8 @@ def capture_masks(
 ) -> dict[str, np.ndarray]:
     """Guided masks of the chosen layers for a batch of faces (paper Eq. 4).
 
-    The model runs in eval mode under ``torch.no_grad`` (its train/eval flag is restored afterwards),
-    on the device of its parameters.
+    The model runs in eval mode under ``torch.no_grad`` (every submodule's train/eval flag is restored
+    afterwards), on the device and in the dtype of its parameters.
 
     Args:
         model: a backbone with DRConv layers.
@@ -229,17 +231,16 @@ def capture_masks(
     inputs = _to_input(images, normalize)
     if inputs.shape[0] == 0:
         raise ValueError("no images given: images has N = 0")
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else inputs.dtype
     parts: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in chosen}
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         with _MaskRecorder(chosen) as recorder, torch.no_grad():
             for start in range(0, inputs.shape[0], batch_size):
-                batch = inputs[start:start + batch_size].to(device)
+                batch = inputs[start:start + batch_size].to(device=device, dtype=dtype)
                 try:
                     model(batch)
                 except RuntimeError as err:
@@ -249,7 +250,8 @@ def capture_masks(
                 for name, mask in recorder.pop_batch().items():
                     parts[name].append(mask)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     dtypes = {layer.name: np.uint8 if layer.regions <= 256 else np.int32 for layer in chosen}
     return {name: torch.cat(chunks).numpy().astype(dtypes[name]) for name, chunks in parts.items()}
 

@@ -179,3 +179,10 @@ def test_overlay_uses_palette_colours():
     np.testing.assert_array_equal(half[8, 0], np.rint(0.5 * 100 + 0.5 * PALETTE[2].astype(float)))
     with pytest.raises(ValueError, match=r"\[0, 16\)"):
         overlay_mask(image, np.array([[16]]))
+
+
+def test_partly_frozen_model_keeps_each_mode():
+    model = ToyNet().train()
+    model.bn.eval()
+    capture_masks(model, _images(1), normalize=_norm)
+    assert model.training and model.stem.training and not model.bn.training
