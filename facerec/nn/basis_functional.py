@@ -5,18 +5,25 @@ output is ``Y_p = sum_t a[b, M_p, t] (B_t * X)_p``: one dense conv with r*O outp
 per-pixel mix with the coefficients of the pixel's region. No per-sample filters are materialised. The
 paper's Eq.7 comes from the same ``Z``: ``g_j(p) = sum_t a[b, j, t] <dY_p, Z_t(p)>``, then Eq.8.
 
-``basis_mix(z, coef, guide)`` is that mix as an autograd Function: z (B, r*O, Ho, Wo) (any memory format),
-coef (B, m, r), guide (B, m, Ho, Wo) -> (B, O, Ho, Wo). Gradients: z and coef get the exact hard-mask
-gradients; guide gets Eq.7-8.
+Two equivalent forms, picked by the layer (the narrow side carries the r-fold tensor):
+
+* output side, ``basis_mix(z, coef, guide)``: z = conv(x, all bases) (B, r*O, Ho, Wo), then the per-pixel
+  mix. Gradients: z and coef exact hard-mask; guide Eq.7-8 with ``h_t(p) = <dY_p, Z_t(p)>``.
+* input side (1x1 kernels), ``basis_pointwise(x, basis_weight, coef, guide, stride)``: scale the input by the
+  pixel's coefficients, ``Xs = [c_1 X, ..., c_r X]`` (B, r*C, Ho, Wo), then one 1x1 conv with the bases side by
+  side (O x r*C). Autograd gives ``dL/dc_t(p) = <(B_t^T dY)_p, X_p> = h_t(p)``; a straight-through
+  coefficient ``c = c_hard`` in value with the gradient also reaching ``c_soft = sum_j softmax(F)_j a_j``
+  (a detached) yields exactly Eq.7 (``sum_t a_jt h_t``) and Eq.8 (autograd's softmax backward).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from facerec.nn.functional import guided_mask, softmax_straight_through_grad
 
-__all__ = ["basis_mix"]
+__all__ = ["basis_mix", "basis_pointwise"]
 
 
 def _pixel_coefficients(coef: Tensor, mask: Tensor) -> Tensor:
@@ -80,3 +87,53 @@ def basis_mix(z: Tensor, coef: Tensor, guide: Tensor) -> Tensor:
     if tuple(guide.shape) != expected:
         raise ValueError(f"guide must have shape {expected}, got {tuple(guide.shape)}")
     return _BasisMixFunction.apply(z, coef, guide)
+
+
+class _StraightThroughFunction(torch.autograd.Function):
+    """Value of ``hard``; the incoming gradient goes unchanged to both ``hard`` and ``soft``."""
+
+    @staticmethod
+    def forward(ctx, hard, soft):
+        ctx.soft_dtype = soft.dtype
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad.to(ctx.soft_dtype)
+
+
+def basis_pointwise(x: Tensor, basis_weight: Tensor, coef: Tensor, guide: Tensor, stride=(1, 1)) -> Tensor:
+    """Input-side dense-basis DRConv for 1x1 kernels (see module docstring).
+
+    x (B, C, H, W); basis_weight (r*O, C, 1, 1) (block t is B_t); coef (B, m, r); guide (B, m, Ho, Wo)
+    -> (B, O, Ho, Wo).
+    """
+    batch, regions, bases = coef.shape
+    if basis_weight.dim() != 4 or basis_weight.shape[2:] != (1, 1) or basis_weight.shape[0] % bases != 0:
+        raise ValueError(f"basis_weight must be (r*O, C, 1, 1) with r={bases}, got {tuple(basis_weight.shape)}")
+    if stride != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    expected = (batch, regions, x.shape[2], x.shape[3])
+    if tuple(guide.shape) != expected:
+        raise ValueError(f"guide must have shape {expected}, got {tuple(guide.shape)}")
+    out_channels, channels = basis_weight.shape[0] // bases, basis_weight.shape[1]
+    mask = guided_mask(guide)
+    hard = _pixel_coefficients(coef, mask)
+    work = torch.promote_types(guide.dtype, torch.float32)
+    soft = torch.softmax(guide.to(work), dim=1).flatten(2)
+    soft_coef = torch.bmm(coef.detach().to(work).transpose(1, 2), soft).view_as(hard)
+    pixel_coef = _StraightThroughFunction.apply(hard, soft_coef).to(x.dtype)
+    # 1x1 conv as one GEMM on pixel rows: (B*L, r*C) @ (r*C, O).
+    pixels = x.shape[2] * x.shape[3]
+    rows = x.permute(0, 2, 3, 1).reshape(batch * pixels, 1, channels)
+    row_coef = pixel_coef.permute(0, 2, 3, 1).reshape(batch * pixels, bases, 1)
+    scaled = (row_coef * rows).reshape(batch * pixels, bases * channels)
+    weight = basis_weight.view(bases, out_channels, channels).permute(0, 2, 1).reshape(bases * channels,
+                                                                                        out_channels)
+    out = torch.mm(scaled, weight.to(scaled.dtype))
+    out = out.view(batch, x.shape[2], x.shape[3], out_channels).permute(0, 3, 1, 2)
+    return out if _channels_last(x) else out.contiguous()
+
+
+def _channels_last(t: Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from facerec.nn.basis_functional import basis_mix
+from facerec.nn.basis_functional import basis_mix, basis_pointwise
 from facerec.nn.functional import _pair, region_conv2d
 from facerec.nn.generators import BasisFilterGenerator, PaperFilterGenerator
 
@@ -110,6 +110,9 @@ class DRConv2d(nn.Module):
                              f"{tuple(guide_feature.shape)}")
         gen = self.filter_generator
         if self._use_dense_basis(guide_feature.shape[2] * guide_feature.shape[3]):
+            if self.kernel_size == (1, 1) and self.padding == (0, 0) and self.in_channels <= self.out_channels:
+                return self._add_bias(basis_pointwise(x, gen.basis.weight, gen.routing(x), guide_feature,
+                                                      self.stride))
             z = gen.basis(x)
             if tuple(guide_feature.shape) != (x.shape[0], self.regions, z.shape[2], z.shape[3]):
                 raise ValueError(f"guide feature must have shape {(x.shape[0], self.regions, *z.shape[2:])}, "
@@ -117,9 +120,12 @@ class DRConv2d(nn.Module):
             out = basis_mix(z, gen.routing(x), guide_feature)
         else:
             out = region_conv2d(x, gen(x), guide_feature, self.stride, self.padding, self.dilation)
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
-        return out
+        return self._add_bias(out)
+
+    def _add_bias(self, out: Tensor) -> Tensor:
+        if self.bias is None:
+            return out
+        return out + self.bias.view(1, -1, 1, 1).to(out.dtype)
 
     def extra_repr(self) -> str:
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
