@@ -16,7 +16,8 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a facerec training checkpoint (.pt)")
     src.add_argument("--model", help="a registry model name with fresh weights, e.g. drconv_mobilefacenet")
