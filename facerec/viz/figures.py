@@ -133,7 +133,7 @@ def _content_inches(n_images: int, n_layers: int, image_size: tuple[int, int], r
 
 def _column_title(layer: MaskLayer, mask_size: tuple[int, int]) -> str:
     wrapped = textwrap.wrap(layer.label.replace(".", ". "), width=22)
-    name = "\n".join(part.replace(". ", ".") for part in wrapped[:2])
+    name = "\n".join(part.replace(". ", ".") for part in wrapped[:2]) + ("\u2026" if len(wrapped) > 2 else "")
     return f"L{layer.index} {name}\nm={layer.regions}, {mask_size[0]}\u00d7{mask_size[1]}"
 
 
@@ -176,6 +176,8 @@ def save_mask_figure(
     if len(layers) != len(masks):
         raise ValueError(f"got {len(masks)} mask arrays for {len(layers)} layers")
     _check_palette(layers)
+    if not cell_inches > 0:
+        raise ValueError(f"cell_inches must be positive, got {cell_inches!r}")
     if names is not None and len(names) != len(images):
         raise ValueError(f"got {len(names)} names for {len(images)} images")
     n, h, w, _ = images.shape
