@@ -23,7 +23,7 @@ import numpy as np
 __all__ = [
     "write_template_list", "read_template_list", "write_noise_list", "read_noise_list",
     "write_matio", "read_matio", "read_matio_vector", "feature_file_path", "read_feature_tree",
-    "write_feature_tree", "FeatureFileError",
+    "write_feature_tree", "FeatureFileError", "parse_matio",
 ]
 
 _HEADER = struct.Struct("<iiii")
@@ -132,7 +132,8 @@ def write_matio(path: str | Path, array) -> None:
     os.replace(tmp, path)
 
 
-def _parse_matio(buf: bytes, path) -> np.ndarray:
+def parse_matio(buf: bytes, path) -> np.ndarray:
+    """Parse matio bytes -> a read-only view (rows, cols); ``path`` only names the source in errors."""
     if len(buf) < 16:
         raise ValueError(f"{path}: matio file is {len(buf)} bytes, shorter than its 16-byte header")
     rows, cols, step, code = _HEADER.unpack_from(buf, 0)
@@ -153,7 +154,7 @@ def read_matio(path: str | Path) -> np.ndarray:
     """Read a matio file -> array (rows, cols), float32 or float64 as stored (a feature file gives (D, 1))."""
     with open(path, "rb") as f:
         buf = f.read()
-    return _parse_matio(buf, path).copy()
+    return parse_matio(buf, path).copy()
 
 
 def read_matio_vector(path: str | Path) -> np.ndarray:
@@ -193,7 +194,7 @@ def read_feature_tree(root: str | Path, paths: Sequence[str], suffix: str, dim: 
             missing.append(str(fp))
             continue
         try:
-            vec = _parse_matio(buf, fp)
+            vec = parse_matio(buf, fp)
         except ValueError as exc:
             wrong.append((str(fp), str(exc)))
             continue

@@ -121,7 +121,7 @@ def _extract_batches(extractor: Callable, batches: Iterable, flip: bool, normali
 
 
 def extract_features(extractor: Callable, images, *, batch_size: int = 128, flip: bool = True,
-                     normalize: bool = True, progress: bool = False) -> np.ndarray:
+                     normalize: bool = True, progress: bool = False, shard: bool = True) -> np.ndarray:
     """Features of every image -> float32 (N, D).
 
     Args:
@@ -131,13 +131,14 @@ def extract_features(extractor: Callable, images, *, batch_size: int = 128, flip
         flip: add the features of the left-right mirrored image (flip-sum).
         normalize: L2-normalise each fused feature.
         progress: show a tqdm bar (rank 0 only).
+        shard: split an array input across torchrun ranks (False: this process extracts everything).
 
     Under torchrun with an array input each rank extracts a contiguous shard; the shards are gathered so
     every rank returns all N rows in input order. An iterable of batches is processed whole by each caller.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    rank, world = dist_rank_world()
+    rank, world = dist_rank_world() if shard else (0, 1)
     if isinstance(images, torch.Tensor):
         images = images.cpu().numpy()
     if not isinstance(images, np.ndarray):

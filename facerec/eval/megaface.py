@@ -200,7 +200,10 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
         pos_i = np.concatenate(pos_i) if pos_i else np.zeros(0, np.int64)
         pos_j = np.concatenate(pos_j) if pos_j else np.zeros(0, np.int64)
         positives = PPn[pos_i, pos_j]
-        id_counter = ThresholdCounter(thresholds, offset=SCORE_SCALE, factor=1.0, n_bins=_ID_BINS,
+        id_bins = min(_ID_BINS, _pow2_at_least(4 * n_d))  # bins only set the speed; small sets need few
+        roc_bins = min(roc_bins, _pow2_at_least(4 * n_roc * n_d))
+        id_counter = ThresholdCounter(thresholds, offset=SCORE_SCALE, factor=id_bins / (2 * SCORE_SCALE),
+                                      n_bins=id_bins,
                                       rows_per_block=R_b, device=device)
         roc_counter = ThresholdCounter([positives], offset=SCORE_SCALE, factor=roc_bins / (2 * SCORE_SCALE),
                                        n_bins=roc_bins, rows_per_block=1, device=device)
@@ -231,6 +234,10 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
     fa = roc_counter.counts_above()[0]
     return _summarise(ranks, fa, n_d=n_d, n_removed=n_removed, dim=dim, n_p=n_p, n_ids=len(members),
                       n_replaced=n_replaced, n_roc=n_roc, far_targets=far_targets, cmc_ranks=cmc_ranks)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(6, int(n - 1).bit_length())
 
 
 def _far_key(f: float) -> str:
