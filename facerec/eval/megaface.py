@@ -34,7 +34,7 @@ __all__ = ["evaluate", "clean_probe_features", "quantize_curve", "devkit_json", 
 log = logging.getLogger(__name__)
 
 SCORE_SCALE = 2.0 ** 15  # probes are scaled by this exact power of two so scores span the counter's bins
-_ID_BINS = 1 << 16
+_ID_BINS = 1 << 15
 
 
 def clean_probe_features(features: np.ndarray, ids: Sequence, noisy: np.ndarray) -> tuple[np.ndarray, list]:
@@ -108,7 +108,7 @@ def _check_features(x, name: str, dim: int | None = None) -> np.ndarray:
 
 
 def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=None, distractor_noise=None,
-             block_size: int = 32768, probe_block: int = 256, device=None, roc_probes: int = 100,
+             block_size: int = 8192, device=None, roc_probes: int = 100,
              far_targets: Sequence[float] = (1e-6, 1e-5, 1e-4), cmc_ranks: Sequence[int] = (1, 5, 10),
              roc_bins: int = 1 << 22, progress: bool = False) -> dict:
     """Score one probe set against one distractor set (MegaFace Challenge 1, refined when masks are given).
@@ -118,9 +118,8 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
         probe_ids: P identity labels; each identity's images form its trials.
         distractor_feats: float (N, D); anything sliceable by rows (numpy array, memmap, a block reader).
         probe_noise, distractor_noise: optional bool masks (P,) / (N,) from the noise lists.
-        block_size: distractors per block (W); memory is about P*D*4 + W*D*4 + probe_block*W*20 bytes plus
-            the lookup table P*2**16*2 bytes.
-        probe_block: probe rows per GEMM (R_b <= 256).
+        block_size: distractors per block (W); memory is about 17*P*W bytes of block buffers plus the
+            lookup table, 4*P*2**15 bytes (about 0.9 GB at P = 3,530, W = 8,192).
         device: torch device for the GEMM and counting; default cuda when available, else cpu. TF32 is off.
         roc_probes: how many leading probe-list images give the ROC negatives (the devkit uses 100).
         far_targets, cmc_ranks: reported TAR@FAR and CMC points (ranks 1-based: CMC@1 = rank-1).
@@ -131,8 +130,6 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
     num_distractors_removed, feature_dim, num_probes, num_identities, num_probes_replaced, roc_* details,
     cmc_curve / roc_curve (devkit-quantised), rank_histogram (trials per rank, trimmed).
     """
-    if not 1 <= probe_block <= 256:
-        raise ValueError(f"probe_block must be in 1..256, got {probe_block}")
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -167,17 +164,13 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
         for a in m:
             mates[a] = m[m != a]
     W = int(min(block_size, max(n_d, 1)))
-    W = max(8, -(-W // 8) * 8)  # one fixed GEMM shape (R_b, D) x (D, W) for every score
-    R_b = probe_block
+    W = max(8, -(-W // 8) * 8)  # one fixed GEMM shape (P, D) x (D, W) for every score
     n_roc = min(roc_probes, n_p)
 
     with _no_tf32(), torch.no_grad():
         Pt = torch.from_numpy(P).to(device)
         Ps = Pt * SCORE_SCALE  # exact: a power of two
-        n_rb = -(-n_p // R_b)
-        Ps_pad = torch.zeros((n_rb * R_b, dim), dtype=torch.float32, device=device)
-        Ps_pad[:n_p] = Ps
-        S = torch.empty((R_b, W), dtype=torch.float32, device=device)
+        S = torch.empty((n_p, W), dtype=torch.float32, device=device)
         X = torch.zeros((W, dim), dtype=torch.float32, device=device)
 
         # probe x probe scores through the same GEMM shape as the distractors
@@ -186,10 +179,8 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
             c1 = min(n_p, c0 + W)
             X.zero_()
             X[:c1 - c0] = Pt[c0:c1]
-            for rb in range(n_rb):
-                r0, r1 = rb * R_b, min(n_p, (rb + 1) * R_b)
-                torch.matmul(Ps_pad[rb * R_b:(rb + 1) * R_b], X.T, out=S)
-                PP[r0:r1, c0:c1] = S[:r1 - r0, :c1 - c0]
+            torch.matmul(Ps, X.T, out=S)
+            PP[:, c0:c1] = S[:, :c1 - c0]
         PPn = PP.cpu().numpy()
         thresholds = [PPn[a, mates[a]] for a in range(n_p)]
         pos_i, pos_j = [], []
@@ -203,10 +194,9 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
         id_bins = min(_ID_BINS, _pow2_at_least(4 * n_d))  # bins only set the speed; small sets need few
         roc_bins = min(roc_bins, _pow2_at_least(4 * n_roc * n_d))
         id_counter = ThresholdCounter(thresholds, offset=SCORE_SCALE, factor=id_bins / (2 * SCORE_SCALE),
-                                      n_bins=id_bins,
-                                      rows_per_block=R_b, device=device)
+                                      n_bins=id_bins, device=device)
         roc_counter = ThresholdCounter([positives], offset=SCORE_SCALE, factor=roc_bins / (2 * SCORE_SCALE),
-                                       n_bins=roc_bins, rows_per_block=1, device=device)
+                                       n_bins=roc_bins, device=device)
         roc_rows = torch.zeros(1, dtype=torch.int64, device=device)
 
         starts = range(0, n_d, W)
@@ -223,12 +213,10 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
             block = _check_features(block, f"distractor_feats[{d0}:{d0 + W}]", dim)
             X.zero_()
             X[:w] = torch.from_numpy(block).to(device)
-            for rb in range(n_rb):
-                r0, r1 = rb * R_b, min(n_p, (rb + 1) * R_b)
-                torch.matmul(Ps_pad[r0:r0 + R_b], X.T, out=S)
-                if r0 < n_roc:
-                    roc_counter.update(S[:min(r1, n_roc) - r0, :w].reshape(1, -1), roc_rows)
-                id_counter.update(S[:r1 - r0, :w], range(r0, r1))
+            torch.matmul(Ps, X.T, out=S)
+            if n_roc:
+                roc_counter.update(S[:n_roc, :w].reshape(1, -1), roc_rows)
+            id_counter.update(S[:, :w], range(0, n_p))
 
     ranks = np.concatenate(id_counter.counts_above()) if n_p else np.zeros(0, np.int64)
     fa = roc_counter.counts_above()[0]

@@ -33,7 +33,7 @@ def test_ties_go_to_the_mate():
     assert r["rank1"] == 0.5
     # with many tiny blocks the tie is still a tie (one fixed GEMM shape for every score)
     many = np.concatenate([_ang(*np.linspace(150, 250, 37)), distractors, _ang(*np.linspace(260, 300, 20))])
-    r2 = evaluate(probes, ["a", "a"], many, block_size=8, probe_block=1)
+    r2 = evaluate(probes, ["a", "a"], many, block_size=8)
     assert r2["rank_histogram"] == {"rank": [0, 1], "trials": [1, 1]}
 
 
@@ -112,8 +112,8 @@ def test_one_block_equals_many_blocks_random():
     distractors[250] = probes[11]
     noise = np.zeros(301, bool)
     noise[[3, 99]] = True
-    a = evaluate(probes, ids, distractors, distractor_noise=noise, block_size=4096, probe_block=256)
-    b = evaluate(probes, ids, distractors, distractor_noise=noise, block_size=13, probe_block=3, roc_bins=64)
+    a = evaluate(probes, ids, distractors, distractor_noise=noise, block_size=4096)
+    b = evaluate(probes, ids, distractors, distractor_noise=noise, block_size=13, roc_bins=64)
     for key in ("rank1", "cmc", "tar_at_far", "cmc_curve", "roc_curve", "rank_histogram", "num_trials"):
         assert a[key] == b[key], key
     # brute force reference

@@ -13,7 +13,7 @@ def test_counts_match_brute_force_with_ties(n_bins, factor, k_max):
     ks = [k_max, 0, 3, 1, k_max // 2, 5, 2]
     ths = [(rng.integers(-20, 20, k) / 8).astype(np.float32) for k in ks]  # coarse grid: many exact ties
     ths[2][:] = -0.0  # -0.0 and +0.0 are the same score
-    c = ThresholdCounter(ths, offset=3.0, factor=factor, n_bins=n_bins, rows_per_block=rb)
+    c = ThresholdCounter(ths, offset=3.0, factor=factor, n_bins=n_bins)
     blocks = []
     for _ in range(3):
         s = (rng.integers(-30, 30, (rows, 11)) / 8).astype(np.float32)
@@ -29,15 +29,27 @@ def test_counts_match_brute_force_with_ties(n_bins, factor, k_max):
 
 def test_rows_wholly_below_their_thresholds_are_skipped_but_counted():
     c = ThresholdCounter([np.array([0.5], np.float32), np.array([0.9, -1.0], np.float32)], offset=1.0,
-                         factor=100.0, n_bins=256, rows_per_block=2)
+                         factor=100.0, n_bins=256)
     c.update(torch.tensor([[0.1, 0.2, 0.3], [0.95, 0.0, -2.0]]), range(0, 2))
     c.update(torch.tensor([[0.6, 0.5, 0.1], [-5.0, -5.0, -5.0]]), range(0, 2))
     assert [x.tolist() for x in c.counts_above()] == [[1], [1, 2]]
 
 
-def test_rows_must_stay_inside_one_aligned_block():
-    c = ThresholdCounter([np.zeros(1, np.float32)] * 4, offset=1.0, factor=1.0, n_bins=8, rows_per_block=2)
-    with pytest.raises(ValueError, match="aligned block"):
-        c.update(torch.ones(2, 3), range(1, 3))
+def test_bad_counter_arguments():
     with pytest.raises(ValueError, match="2\\*\\*24"):
-        ThresholdCounter([np.zeros(1, np.float32)], offset=1.0, factor=1.0, n_bins=1 << 20, rows_per_block=32)
+        ThresholdCounter([np.zeros(1, np.float32)], offset=1.0, factor=1.0, n_bins=1 << 25)
+    c = ThresholdCounter([np.zeros(1, np.float32)] * 2, offset=1.0, factor=1.0, n_bins=8)
+    with pytest.raises(ValueError, match="len\\(rows\\)=2"):
+        c.update(torch.ones(3, 3), range(0, 2))
+
+
+def test_sparse_path_when_few_scores_reach_any_threshold():
+    rng = np.random.default_rng(5)
+    ths = [(rng.integers(40, 64, 6) / 64).astype(np.float32) for _ in range(5)]  # thresholds in [0.625, 1)
+    c = ThresholdCounter(ths, offset=1.0, factor=8.0, n_bins=16)  # coarse bins: many ambiguous scores
+    s = (rng.integers(-64, 30, (5, 400)) / 64).astype(np.float32)
+    s[:, :12] = (rng.integers(40, 64, (5, 12)) / 64)  # 3% reach the thresholds, with exact ties
+    c.update(torch.from_numpy(s), range(0, 5))
+    assert c.hist.sum() == s.size
+    for r, got in enumerate(c.counts_above()):
+        np.testing.assert_array_equal(got, [(s[r] > t).sum() for t in ths[r]])
