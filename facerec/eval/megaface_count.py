@@ -130,15 +130,6 @@ class ThresholdCounter:
         n_cols = scores.shape[1]
         if n_cols == 0 or len(rows) == 0:
             return
-        lo, hi = scores.amin(1), scores.amax(1)  # (torch.aminmax is much slower on CPU)
-        active = hi > self.row_min[rows]
-        n_active = int(active.sum())
-        if n_active <= len(rows) // 2:  # most rows lie wholly at or below their lowest threshold: skip them
-            self.hist[rows[~active] * self.width] += n_cols
-            if n_active == 0:
-                return
-            scores, rows, lo, hi = scores[active], rows[active], lo[active], hi[active]
-        in_range = bool(lo.min() >= self.s_lo) and bool(hi.max() <= self.s_hi)
         if not scores.is_cuda:
             above = self._buffer("m", scores.numel(), torch.bool).view(scores.shape)
             torch.gt(scores, self.row_min[rows][:, None], out=above)
@@ -149,7 +140,7 @@ class ThresholdCounter:
                 r_idx, c_idx = flat // n_cols, flat % n_cols
                 self._count_sparse(scores[r_idx, c_idx], rows[r_idx])
                 return
-        g = self._bins(scores, rows, clamp=not in_range)
+        g = self._bins(scores, rows)
         vals = self._buffer("v", g.numel(), self.value_dtype)
         torch.index_select(self.lut, 0, g.view(-1), out=vals)
         counts = torch.bincount(vals, minlength=self.n_rows * self.width)
@@ -196,7 +187,12 @@ class ThresholdCounter:
             r_idx, _ = real.nonzero(as_tuple=True)
             self._keys = self._order_keys(self.sorted[real], r_idx)  # sorted: rows ascending, t ascending
             self._row_start = torch.as_tensor(np.concatenate([[0], np.cumsum(self.k)[:-1]]), device=self.device)
-        pos = torch.searchsorted(self._keys, self._order_keys(s, rows), side="left") - self._row_start[rows]
+        keys = self._order_keys(s, rows)
+        if keys.is_cuda:
+            idx = torch.searchsorted(self._keys, keys, side="left")
+        else:  # numpy's searchsorted is faster on CPU
+            idx = torch.from_numpy(np.searchsorted(self._keys.numpy(), keys.numpy(), side="left"))
+        pos = idx - self._row_start[rows]
         self.hist += torch.bincount(rows * self.width + pos, minlength=self.n_rows * self.width)
 
     def counts_above(self) -> list[np.ndarray]:
