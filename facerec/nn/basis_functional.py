@@ -123,17 +123,12 @@ def basis_pointwise(x: Tensor, basis_weight: Tensor, coef: Tensor, guide: Tensor
     soft = torch.softmax(guide.to(work), dim=1).flatten(2)
     soft_coef = torch.bmm(coef.detach().to(work).transpose(1, 2), soft).view_as(hard)
     pixel_coef = _StraightThroughFunction.apply(hard, soft_coef).to(x.dtype)
-    # 1x1 conv as one GEMM on pixel rows: (B*L, r*C) @ (r*C, O).
-    pixels = x.shape[2] * x.shape[3]
-    rows = x.permute(0, 2, 3, 1).reshape(batch * pixels, 1, channels)
-    row_coef = pixel_coef.permute(0, 2, 3, 1).reshape(batch * pixels, bases, 1)
-    scaled = (row_coef * rows).reshape(batch * pixels, bases * channels)
-    weight = basis_weight.view(bases, out_channels, channels).permute(0, 2, 1).reshape(bases * channels,
-                                                                                        out_channels)
-    out = torch.mm(scaled, weight.to(scaled.dtype))
-    out = out.view(batch, x.shape[2], x.shape[3], out_channels).permute(0, 3, 1, 2)
-    return out if _channels_last(x) else out.contiguous()
-
-
-def _channels_last(t: Tensor) -> bool:
-    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    # One 1x1 conv over r*C channels on pixel rows (channels_last memory: oneDNN runs this GEMM about twice
+    # as fast as torch.mm on CPU).
+    height, width = x.shape[2], x.shape[3]
+    rows = x.permute(0, 2, 3, 1).reshape(batch, height, width, 1, channels)
+    scaled = (pixel_coef.permute(0, 2, 3, 1).unsqueeze(-1) * rows).reshape(batch, height, width,
+                                                                          bases * channels)
+    weight = basis_weight.view(bases, out_channels, channels).transpose(0, 1).reshape(
+        out_channels, bases * channels, 1, 1)
+    return F.conv2d(scaled.permute(0, 3, 1, 2), weight.to(scaled.dtype))

@@ -77,11 +77,10 @@ class _Geometry:
         return cols.transpose(1, 2).reshape(self.batch * self.pixels, self.ck)
 
     def fold_rows(self, grad_rows: Tensor, like: Tensor) -> Tensor:
-        """Adjoint of ``rows``: (B * L, C * kh * kw) -> (B, C, H, W) in the memory format of ``like``."""
+        """Adjoint of ``rows``: (B * L, C * kh * kw) -> (B, C, H, W) (channels_last strides for 1x1)."""
         fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
         if self.plain:
-            grad = grad_rows.view(self.batch, self.height, self.width, self.channels).permute(0, 3, 1, 2)
-            return grad.contiguous(memory_format=fmt)
+            return grad_rows.view(self.batch, self.height, self.width, self.channels).permute(0, 3, 1, 2)
         cols = grad_rows.view(self.batch, self.pixels, self.ck).transpose(1, 2)
         grad = F.fold(cols, (self.height, self.width), (self.kh, self.kw), self.dilation, self.padding,
                       self.stride)
@@ -110,9 +109,8 @@ class _RegionConvFunction(torch.autograd.Function):
         out_sorted = grouped_rows_matmul(rows.index_select(0, perm), geo.grouped_filters(filters), counts, offsets)
         out_rows = torch.empty_like(out_sorted)
         out_rows.index_copy_(0, perm, out_sorted)
+        # The GEMM writes pixel rows, i.e. channels_last memory; returning it as is saves a full copy.
         out = out_rows.view(geo.batch, geo.out_h, geo.out_w, geo.out_channels).permute(0, 3, 1, 2)
-        if not _is_channels_last(input):
-            out = out.contiguous()
         ctx.save_for_backward(input, filters, guide, mask, perm, counts, offsets)
         ctx.geometry = (stride, padding, dilation)
         return out
@@ -208,7 +206,8 @@ def region_conv2d(input: Tensor, filters: Tensor, guide: Tensor, stride=1, paddi
         stride, padding, dilation: int or pair, as in ``torch.nn.functional.conv2d``.
 
     Returns:
-        (B, O, Ho, Wo); channels_last when the input is channels_last. Under autocast the input and filters
+        (B, O, Ho, Wo) with channels_last strides (the layout the gathered GEMM writes; call
+        ``.contiguous()`` for NCHW memory). Under autocast the input and filters
         are cast to the autocast dtype; the Eq.8 softmax is computed in float32.
     """
     stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
