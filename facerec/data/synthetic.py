@@ -49,6 +49,7 @@ DEFAULTS = {
     "num_distractors": 10000,
     "megaface": True,
     "jpeg_quality": (40, 95),
+    "variation": 1.0,
 }
 _TRAIN, _VAL, _PROBE, _DISTRACTOR, _NOISE, _LAYOUT = range(6)
 _FIRST = ["Ada", "Bela", "Cyra", "Dario", "Elin", "Faro", "Gita", "Hugo", "Ines", "Jora", "Kael", "Lina", "Mato",
@@ -62,9 +63,10 @@ def _identity(seed: int, part: int, index: int) -> dict:
     return sample_identity(np.random.default_rng([seed, part, index]))
 
 
-def _jpeg(ident: dict, seed: int, part: int, index: int, j: int, quality) -> tuple[np.ndarray, bytes]:
+def _jpeg(ident: dict, seed: int, part: int, index: int, j: int, quality,
+          variation: float) -> tuple[np.ndarray, bytes]:
     rng = np.random.default_rng([seed, part + 100, index, j])
-    img = render_face(ident, rng)
+    img = render_face(ident, rng, variation=variation)
     q = int(rng.integers(quality[0], quality[1] + 1))
     return img, encode_image(img, ".jpg", q)
 
@@ -86,6 +88,9 @@ def _params(kwargs: dict) -> dict:
     if not 1 <= lo <= hi <= 100:
         raise ValueError(f"jpeg_quality must be (lo, hi) with 1 <= lo <= hi <= 100, got {p['jpeg_quality']}")
     p["seed"], p["num_distractors"], p["megaface"] = int(p["seed"]), int(p["num_distractors"]), bool(p["megaface"])
+    p["variation"] = float(p["variation"])
+    if not 0.0 <= p["variation"] <= 2.0:
+        raise ValueError(f"variation must be in [0, 2], got {p['variation']}")
     return p
 
 
@@ -95,12 +100,12 @@ def _write_train(out: Path, p: dict) -> None:
         for c in range(n):
             ident = _identity(p["seed"], _TRAIN, c)
             for j in range(k):
-                writer.add(c, _jpeg(ident, p["seed"], _TRAIN, c, j, p["jpeg_quality"])[1])
+                writer.add(c, _jpeg(ident, p["seed"], _TRAIN, c, j, p["jpeg_quality"], p["variation"])[1])
 
 
 def _write_val(out: Path, p: dict) -> None:
     n, k, pairs = p["val_identities"], p["val_images_per_identity"], p["val_pairs"]
-    images = [[_jpeg(_identity(p["seed"], _VAL, c), p["seed"], _VAL, c, j, p["jpeg_quality"])[1]
+    images = [[_jpeg(_identity(p["seed"], _VAL, c), p["seed"], _VAL, c, j, p["jpeg_quality"], p["variation"])[1]
                for j in range(k)] for c in range(n)]
     rng = np.random.default_rng([p["seed"], _LAYOUT, 0])
     bins, issame = [], []
@@ -149,10 +154,10 @@ def _write_megaface(out: Path, p: dict) -> dict:
             used_numbers.add(number)
             rel = f"{name}/{name}_{number}.png"
             if (c, j) in fs_noise_at:  # planted label noise: someone else filed under this name
-                img, _ = _jpeg(_identity(seed, _NOISE, c * 1000 + j), seed, _NOISE, c, j, q)
+                img, _ = _jpeg(_identity(seed, _NOISE, c * 1000 + j), seed, _NOISE, c, j, q, p["variation"])
                 fs_noise.append(f"{name}_{number}.png")
             else:
-                img, _ = _jpeg(probes[c], seed, _PROBE, c, j, q)
+                img, _ = _jpeg(probes[c], seed, _PROBE, c, j, q, p["variation"])
             (root / "facescrub_images" / rel).write_bytes(encode_image(img, ".png"))
             probe_paths.append(rel)
             probe_ids.append(name)
@@ -167,10 +172,10 @@ def _write_megaface(out: Path, p: dict) -> dict:
             rel = f"{user[:3]}/{user}/{int(rng.integers(10**6, 10**9))}_{k}.jpg"
             if i in noise_at:  # a distractor that shows a probe identity
                 c = i % len(names)
-                _, data = _jpeg(probes[c], seed, _NOISE + 10, c, i, q)
+                _, data = _jpeg(probes[c], seed, _NOISE + 10, c, i, q, p["variation"])
                 mf_noise.append(rel)
             else:
-                _, data = _jpeg(_identity(seed, _DISTRACTOR, i), seed, _DISTRACTOR, i, 0, q)
+                _, data = _jpeg(_identity(seed, _DISTRACTOR, i), seed, _DISTRACTOR, i, 0, q, p["variation"])
             (root / "megaface_images" / rel).write_bytes(data)
             distractor_paths.append(rel)
             i += 1
@@ -201,7 +206,8 @@ def generate(out_dir, **kwargs) -> Path:
     Keyword arguments (defaults in ``DEFAULTS``): ``seed``, ``num_identities`` x ``images_per_identity``
     (train), ``val_identities`` x ``val_images_per_identity`` and ``val_pairs`` (synth_val.bin, half
     positive), ``probe_identities`` x ``probe_images_per_identity`` and ``num_distractors`` (MegaFace tree,
-    skipped when ``megaface`` is False), ``jpeg_quality`` (lo, hi) per image.
+    skipped when ``megaface`` is False), ``jpeg_quality`` (lo, hi) per image, ``variation`` (0..2: how strong
+    pose, lighting, occlusion, blur and noise are; 1 = default).
     """
     p = _params(kwargs)
     out = Path(out_dir)
@@ -244,6 +250,8 @@ def main(argv=None) -> int:
                                 help=f"skip the {name} part")
         elif isinstance(value, tuple):
             parser.add_argument(flag, type=int, nargs=2, default=value, metavar=("LO", "HI"))
+        elif isinstance(value, float):
+            parser.add_argument(flag, type=float, default=value, help="nuisance strength (0 = none, 1 = default)")
         else:
             parser.add_argument(flag, type=int, default=value)
     parser.add_argument("--force", action="store_true", help="regenerate even when a matching set exists")

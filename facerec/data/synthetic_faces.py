@@ -131,8 +131,11 @@ def _draw_hair(img, ident, cx, cy, front: bool, yaw: float):
     img[sel] = hair
 
 
-def render_face(ident: dict, rng: np.random.Generator, *, occlusion_p: float = 0.3) -> np.ndarray:
+def render_face(ident: dict, rng: np.random.Generator, *, variation: float = 1.0) -> np.ndarray:
     """One image of ``ident`` with random pose/expression/lighting/occlusion/blur/noise -> RGB uint8 (112, 112, 3).
+
+    ``variation`` scales every nuisance (pose range, lighting, colour cast, occlusion and blur probability,
+    noise): 0 gives a canonical frontal image on a random background, 1 the default mix.
 
     JPEG compression is left to the caller (it picks the quality per image).
     """
@@ -144,7 +147,8 @@ def render_face(ident: dict, rng: np.random.Generator, *, occlusion_p: float = 0
     img += ramp[..., None]
     img = np.clip(img, 0, 255).astype(np.uint8)
 
-    yaw, pitch = rng.uniform(-1, 1), rng.uniform(-1, 1)
+    v = float(variation)
+    yaw, pitch = v * rng.uniform(-1, 1), v * rng.uniform(-1, 1)
     cx, cy = 56.0, 60.0
     fx = cx + 7.0 * yaw  # features move with yaw, the outline barely
     fy = pitch * 3.0
@@ -229,31 +233,31 @@ def render_face(ident: dict, rng: np.random.Generator, *, occlusion_p: float = 0
         _poly(img, [[fx - ident["eye_dx"] + ident["eye_rx"] + 3.5, eye_y], [fx + ident["eye_dx"]
               - ident["eye_rx"] - 3.5, eye_y]], _col(ident["glasses_color"]), closed=False, thickness=1)
 
-    if rng.uniform() < occlusion_p:
+    if rng.uniform() < 0.25 * v:
         _occlude(img, rng, fx, eye_y, ident)
 
     # pose: roll, scale, shift as one similarity warp
-    angle, scale = rng.uniform(-12, 12), rng.uniform(0.92, 1.08)
+    angle, scale = v * rng.uniform(-12, 12), 1 + v * rng.uniform(-0.08, 0.08)
     m = cv2.getRotationMatrix2D((56.0, 60.0), angle, scale)
-    m[:, 2] += rng.uniform(-3.5, 3.5, 2)
+    m[:, 2] += v * rng.uniform(-3.5, 3.5, 2)
     img = cv2.warpAffine(img, m, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
     # lighting
     theta = rng.uniform(0, 2 * np.pi)
-    gain, slope = rng.uniform(0.65, 1.25), rng.uniform(0, 0.45) / 56
+    gain, slope = 1 + v * rng.uniform(-0.3, 0.2), v * rng.uniform(0, 0.4) / 56
     light = np.float32(gain) * (1 + np.float32(slope * np.cos(theta)) * _XC + np.float32(slope * np.sin(theta)) * _YC)
-    cast = 1 + rng.uniform(-0.12, 0.12) * np.array([1, 0, -1], np.float32)
+    cast = 1 + v * rng.uniform(-0.1, 0.1) * np.array([1, 0, -1], np.float32)
     f = img * cast.astype(np.float32)
     f *= light[..., None]
-    if rng.uniform() < 0.5:
-        f = cv2.GaussianBlur(f, (0, 0), rng.uniform(0.4, 1.6))
-    elif rng.uniform() < 0.3:
+    if rng.uniform() < 0.5 * min(v, 1.0):
+        f = cv2.GaussianBlur(f, (0, 0), v * rng.uniform(0.4, 1.6) + 1e-3)
+    elif rng.uniform() < 0.3 * min(v, 1.0):
         small = int(rng.integers(36, 72))
         f = cv2.resize(cv2.resize(f, (small, small), interpolation=cv2.INTER_AREA), (S, S),
                        interpolation=cv2.INTER_LINEAR)
     tile = _noise_bank()[int(rng.integers(_NOISE_TILES))]
     oy, ox = (int(v) for v in rng.integers(0, tile.shape[0] - S, 2))
-    f += np.float32(rng.uniform(0, 7)) * tile[oy:oy + S, ox:ox + S]
+    f += np.float32(v * rng.uniform(0, 6)) * tile[oy:oy + S, ox:ox + S]
     return np.clip(f, 0, 255).astype(np.uint8)
 
 
