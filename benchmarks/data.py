@@ -33,10 +33,10 @@ class _OpenCVFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         img = cv2.cvtColor(cv2.imread(str(self.paths[i]), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        t = torch.from_numpy(crop_to_input_size(img, self.input_size))
+        img = crop_to_input_size(img, self.input_size)
         if torch.rand(()).item() < 0.5:
-            t = t.flip(1)
-        return normalize_image(t), self.labels[i]
+            img = img[:, ::-1]
+        return normalize_image(img), self.labels[i]
 
 
 def _time(fn, order, repeats):

@@ -62,10 +62,9 @@ class _TrainSampleMixin:
     def _sample(self, i: int):
         img, label = self.read(i)
         img = crop_to_input_size(img, self.input_size)
-        t = torch.from_numpy(np.ascontiguousarray(img))
         if self.train and torch.rand(()).item() < 0.5:
-            t = t.flip(1)
-        return normalize_image(t), label
+            img = img[:, ::-1]
+        return normalize_image(img), label
 
     def __getitem__(self, i: int):
         if not self.skip_corrupt:

@@ -37,12 +37,35 @@ def normalize(images) -> torch.Tensor:
     return x.div_(255.0).sub_(0.5).div_(0.5)
 
 
+_LUT: list[np.ndarray] = []
+
+
+def _lookup_table() -> np.ndarray:
+    """normalize() of every uint8 value (256 float32), so the per-image path is bit-identical to it."""
+    if not _LUT:
+        values = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 256, 1).expand(1, 1, 256, 3)
+        _LUT.append(normalize(values)[0, 0, 0].numpy().copy())
+    return _LUT[0]
+
+
 def normalize_image(image) -> torch.Tensor:
-    """One uint8 RGB image (H, W, 3) -> float32 tensor (3, H, W), same arithmetic as :func:`normalize`."""
-    t = _as_uint8_tensor(image)
-    if t.dim() != 3 or t.shape[-1] != 3:
-        raise ValueError(f"image must have shape (H, W, 3), got {tuple(t.shape)}")
-    return normalize(t.unsqueeze(0))[0]
+    """One uint8 RGB image (H, W, 3) -> float32 tensor (3, H, W), bit-identical to :func:`normalize`.
+
+    CPU input goes through a 256-entry lookup table in numpy: no torch intra-op threads per sample (a
+    DataLoader with ``num_workers=0`` on a busy machine would otherwise stall on thread hand-offs).
+    """
+    if isinstance(image, torch.Tensor) and image.device.type != "cpu":
+        if image.dim() != 3 or image.shape[-1] != 3:
+            raise ValueError(f"image must have shape (H, W, 3), got {tuple(image.shape)}")
+        return normalize(image.unsqueeze(0))[0]
+    arr = image.numpy() if isinstance(image, torch.Tensor) else image
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"image must be a numpy array or torch tensor, got {type(image).__name__}")
+    if arr.dtype != np.uint8:
+        raise TypeError(f"image must be uint8, got dtype {arr.dtype}")
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"image must have shape (H, W, 3), got {tuple(arr.shape)}")
+    return torch.from_numpy(np.take(_lookup_table(), arr.transpose(2, 0, 1)))
 
 
 def hflip(images):
