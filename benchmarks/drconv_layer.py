@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--regions", type=int, default=8)
-    parser.add_argument("--num-bases", type=int, default=8, help="r of the basis generator")
+    parser.add_argument("--num-bases", type=int, default=4, help="r of the basis generator")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", nargs="*", default=None, help="C,O,H triples")
     parser.add_argument("--channels-last", action="store_true")

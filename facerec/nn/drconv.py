@@ -22,9 +22,11 @@ __all__ = ["DRConv2d", "GENERATORS", "BASIS_PATHS", "guide_modules"]
 GENERATORS = ("paper", "basis")
 BASIS_PATHS = ("auto", "dense", "gather")
 
-# "auto" uses the dense-basis form when the output has at most this many pixels per sample (measured on
-# CPU with benchmarks/drconv_layer.py: the gathered form wins at 56x56 and 28x28, the dense one at 14x14 and
-# below, where per-sample filters and tiny region groups dominate).
+# "auto" uses the dense-basis form (cost ~ r convs) when the output has at most this many pixels per sample,
+# or when r <= 3/4 m at any size; otherwise the gathered form (~ m + 2 conv units, with gather/scatter and
+# per-group GEMM overheads). Measured with benchmarks/drconv_layer.py (m=8, CPU): at 56x56 gathered beats
+# dense for r=8 (6.3x vs 8.6x a conv's training step) and loses for r=4 (6.3x vs 4.9x); at 14x14 and 7x7
+# dense wins for both.
 _DENSE_BASIS_MAX_PIXELS = 14 * 14
 
 
@@ -43,7 +45,8 @@ class DRConv2d(nn.Module):
             per region, so the generator's parameters are 2m x a conv's (m^2 as in the unofficial code gives
             72x and would dominate MobileFaceNet's size) and its MACs (h*O*C*k^2 per sample) keep the model
             near the paper's +6% MADDs over MobileFaceNet (Table 2: 201M vs 189M).
-        num_bases: r, the shared kernels of the basis generator (official default 8).
+        num_bases: r, the shared kernels of the basis generator. Default 4 (the official code uses 8): the
+            dense-basis form costs about r convs, so r=4 halves it; r=8 is the official setting.
         basis_path: "auto" (per output size), "dense" (one conv with r*O outputs + per-pixel mix) or
             "gather" (materialise the m filters, region_conv2d). Only for generator="basis".
 
@@ -54,7 +57,7 @@ class DRConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, dilation=1,
                  regions: int = 8, generator: str = "paper", *, bias: bool = False, external_guide: bool = False,
-                 hidden_channels: int | None = None, num_bases: int = 8, basis_path: str = "auto") -> None:
+                 hidden_channels: int | None = None, num_bases: int = 4, basis_path: str = "auto") -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("regions", regions)):
             if not isinstance(value, int) or value < 1:
@@ -86,7 +89,8 @@ class DRConv2d(nn.Module):
         if self.generator != "basis":
             return False
         if self.basis_path == "auto":
-            return out_pixels <= _DENSE_BASIS_MAX_PIXELS
+            few_bases = 4 * self.filter_generator.num_bases <= 3 * self.regions
+            return out_pixels <= _DENSE_BASIS_MAX_PIXELS or few_bases
         return self.basis_path == "dense"
 
     def forward(self, x: Tensor, guide_feature: Tensor | None = None) -> Tensor:

@@ -4,7 +4,7 @@ Kinds and their extra keywords (anything else raises TypeError naming the allowe
 
 * "standard": nn.Conv2d(in, out, 1, stride, bias=bias). No extra keywords.
 * "drconv": DRConv2d (regions=8, generator="paper", external_guide=False, hidden_channels=None,
-  num_bases=8, basis_path="auto").
+  num_bases=4, basis_path="auto").
 * "condconv": CondConv2d (experts=8).
 * "local": LocallyConnected2d (input_size=(H, W), required).
 
