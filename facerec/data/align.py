@@ -151,9 +151,9 @@ def align_folder(src, dst, *, size=(112, 112), landmarks=None, fallback: str = "
 
     Landmarks come from the ``landmarks`` dict (relative posix path -> (5, 2)) when it has the image, else
     from ``detector`` (a callable RGB -> (landmarks or None, n_faces), e.g. :class:`MTCNNDetector`; None =
-    no detection). Images without landmarks are skipped (or centre-cropped when ``fallback == "center"``). Writes ``dst/align_report.tsv``
-    (``path<TAB>status<TAB>detail``) and returns ``{"aligned", "fallback", "no_face", "unreadable",
-    "report", "rows"}``.
+    no detection). Images without landmarks are skipped (or centre-cropped when ``fallback == "center"``).
+    Writes ``dst/align_report.tsv`` (``path<TAB>status<TAB>detail``) and returns ``{"aligned", "fallback",
+    "no_face", "unreadable", "report", "rows"}``.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():

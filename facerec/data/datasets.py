@@ -41,7 +41,8 @@ def read_property(path: str | os.PathLike) -> tuple[int, int, int]:
         if len(values) != 3 or min(values) <= 0:
             raise ValueError
     except ValueError:
-        raise ValueError(f"{path}: line 1: expected 'num_classes,H,W' with positive integers, got {text[:80]!r}") from None
+        raise ValueError(f"{path}: line 1: expected 'num_classes,H,W' with positive integers, "
+                         f"got {text[:80]!r}") from None
     return values
 
 

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .codec import encode_image
 from .pack import FaceRecWriter
@@ -94,19 +95,23 @@ def _params(kwargs: dict) -> dict:
     return p
 
 
-def _write_train(out: Path, p: dict) -> None:
+def _write_train(out: Path, p: dict, bar) -> None:
     n, k = p["num_identities"], p["images_per_identity"]
     with FaceRecWriter(out / "train.rec", n * k, n) as writer:
         for c in range(n):
             ident = _identity(p["seed"], _TRAIN, c)
             for j in range(k):
                 writer.add(c, _jpeg(ident, p["seed"], _TRAIN, c, j, p["jpeg_quality"], p["variation"])[1])
+                bar.update()
 
 
-def _write_val(out: Path, p: dict) -> None:
+def _write_val(out: Path, p: dict, bar) -> None:
     n, k, pairs = p["val_identities"], p["val_images_per_identity"], p["val_pairs"]
-    images = [[_jpeg(_identity(p["seed"], _VAL, c), p["seed"], _VAL, c, j, p["jpeg_quality"], p["variation"])[1]
-               for j in range(k)] for c in range(n)]
+    images = []
+    for c in range(n):
+        ident = _identity(p["seed"], _VAL, c)
+        images.append([_jpeg(ident, p["seed"], _VAL, c, j, p["jpeg_quality"], p["variation"])[1] for j in range(k)])
+        bar.update(k)
     rng = np.random.default_rng([p["seed"], _LAYOUT, 0])
     bins, issame = [], []
     for i in range(pairs):
@@ -131,7 +136,7 @@ def _names(rng, count: int) -> list[str]:
     return names
 
 
-def _write_megaface(out: Path, p: dict) -> dict:
+def _write_megaface(out: Path, p: dict, bar) -> dict:
     from . import megaface as mf  # the devkit list writers live with the MegaFace code
 
     root = out / "megaface"
@@ -159,6 +164,7 @@ def _write_megaface(out: Path, p: dict) -> dict:
             else:
                 img, _ = _jpeg(probes[c], seed, _PROBE, c, j, q, p["variation"])
             (root / "facescrub_images" / rel).write_bytes(encode_image(img, ".png"))
+            bar.update()
             probe_paths.append(rel)
             probe_ids.append(name)
     distractor_paths, mf_noise = [], []
@@ -177,6 +183,7 @@ def _write_megaface(out: Path, p: dict) -> dict:
             else:
                 _, data = _jpeg(_identity(seed, _DISTRACTOR, i), seed, _DISTRACTOR, i, 0, q, p["variation"])
             (root / "megaface_images" / rel).write_bytes(data)
+            bar.update()
             distractor_paths.append(rel)
             i += 1
     lists = root / "templatelists"
@@ -188,7 +195,8 @@ def _write_megaface(out: Path, p: dict) -> dict:
         mf.write_template_list(lists / f"megaface_features_list.json_{size}_1",
                                [distractor_paths[j] for j in sorted(order[:size])])
     mf.write_noise_list(root / "facescrub_noises.txt", fs_noise, comment="synthetic: probe images of another person")
-    mf.write_noise_list(root / "megaface_noises.txt", mf_noise, comment="synthetic: distractors showing a probe identity")
+    mf.write_noise_list(root / "megaface_noises.txt", mf_noise,
+                        comment="synthetic: distractors showing a probe identity")
     (root / "facescrub_lst").write_text("".join(f"{x}\n" for x in probe_paths), encoding="utf-8")
     (root / "megaface_lst").write_text("".join(f"{x}\n" for x in distractor_paths), encoding="utf-8")
     return {"probes": len(probe_paths), "distractors": len(distractor_paths), "facescrub_noises": len(fs_noise),
@@ -200,22 +208,28 @@ def _marker_payload(p: dict) -> dict:
                                                          for k, v in p.items()}}
 
 
-def generate(out_dir, **kwargs) -> Path:
+def generate(out_dir, *, progress: bool | None = None, **kwargs) -> Path:
     """Write the synthetic dataset into ``out_dir`` (created if needed); returns its Path.
 
     Keyword arguments (defaults in ``DEFAULTS``): ``seed``, ``num_identities`` x ``images_per_identity``
     (train), ``val_identities`` x ``val_images_per_identity`` and ``val_pairs`` (synth_val.bin, half
     positive), ``probe_identities`` x ``probe_images_per_identity`` and ``num_distractors`` (MegaFace tree,
     skipped when ``megaface`` is False), ``jpeg_quality`` (lo, hi) per image, ``variation`` (0..2: how strong
-    pose, lighting, occlusion, blur and noise are; 1 = default).
+    pose, lighting, occlusion, blur and noise are; 1 = default). ``progress``: tqdm bar (None: only on a
+    terminal); not a dataset parameter.
     """
     p = _params(kwargs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).unlink(missing_ok=True)
-    _write_train(out, p)
-    _write_val(out, p)
-    summary = _write_megaface(out, p) if p["megaface"] else {}
+    total = p["num_identities"] * p["images_per_identity"] + p["val_identities"] * p["val_images_per_identity"]
+    if p["megaface"]:
+        total += p["probe_identities"] * p["probe_images_per_identity"] + p["num_distractors"]
+    disable = None if progress is None else not progress  # None: a bar only on a terminal
+    with tqdm(total=total, desc="synthetic faces", unit="img", disable=disable) as bar:
+        _write_train(out, p, bar)
+        _write_val(out, p, bar)
+        summary = _write_megaface(out, p, bar) if p["megaface"] else {}
     payload = _marker_payload(p)
     payload["summary"] = summary
     (out / MARKER).write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -223,7 +237,7 @@ def generate(out_dir, **kwargs) -> Path:
     return out
 
 
-def ensure_synthetic(out_dir, **kwargs) -> Path:
+def ensure_synthetic(out_dir, *, progress: bool | None = None, **kwargs) -> Path:
     """Generate into ``out_dir`` unless a completed set with the same parameters is already there."""
     p = _params(kwargs)
     out = Path(out_dir)
@@ -237,7 +251,7 @@ def ensure_synthetic(out_dir, **kwargs) -> Path:
         except (ValueError, OSError):
             pass
         logger.info("%s holds a synthetic set with other parameters; regenerating", out)
-    return generate(out, **p)
+    return generate(out, progress=progress, **p)
 
 
 def main(argv=None) -> int:
@@ -258,7 +272,7 @@ def main(argv=None) -> int:
     args = vars(parser.parse_args(argv))
     out, force = args.pop("out"), args.pop("force")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    path = generate(out, **args) if force else ensure_synthetic(out, **args)
+    path = generate(out, progress=True, **args) if force else ensure_synthetic(out, progress=True, **args)
     info = json.loads((path / MARKER).read_text(encoding="utf-8"))
     print(f"synthetic dataset ready in {path}: {json.dumps(info.get('summary', {}))}")
     return 0

@@ -100,7 +100,8 @@ def test_mtcnn_on_real_faces(shared_data, tmp_path):
     for subject in ("s1", "s2"):
         (src / subject).mkdir(parents=True)
         for k in (1, 2):
-            (src / subject / f"{k}.pgm").write_bytes((shared_data / "orl-att-faces" / subject / f"{k}.pgm").read_bytes())
+            original = shared_data / "orl-att-faces" / subject / f"{k}.pgm"
+            (src / subject / f"{k}.pgm").write_bytes(original.read_bytes())
     cv2.imwrite(str(src / "s1" / "blank.png"), np.full((112, 92, 3), 128, np.uint8))
     summary = align_folder(src, tmp_path / "dst", detector=align.MTCNNDetector())
     assert summary["aligned"] == 4 and summary["no_face"] == 1
