@@ -106,19 +106,54 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--classes", type=int, default=1000, help="AM-Softmax classes in the training step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--blocks", action="store_true", help="per-bottleneck fwd+bwd table for --block-variant")
     parser.add_argument("--block-variant", default="drconv_mobilefacenet", choices=list_models())
+    parser.add_argument("--only-blocks", action="store_true", help="skip the whole-model table")
+    parser.add_argument("--profile", action="store_true",
+                        help="top operators (self CPU time) of one --block-variant training step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, 112x112, "
+          f"median of {args.repeats}")
+    if not args.only_blocks:
+        model_table(args)
+    if args.blocks or args.only_blocks:
+        print()
+        print(f"Per-bottleneck forward+backward, {args.block_variant} block vs plain block (batch {args.batch}):")
+        print()
+        print("| block | plain (ms) | variant (ms) | ratio |")
+        print("|---|---:|---:|---:|")
+        for label, a, b in bench_blocks(args.block_variant, args.batch, args.repeats):
+            print(f"| {label} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f}x |", flush=True)
+    if args.profile:
+        profile_step(args.block_variant, args.batch, args.classes)
+    return 0
+
+
+def profile_step(variant, batch, classes):
+    """Print the operators that dominate one training step of ``variant`` (after one warm-up step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    step = _train_step_fn(create_model(variant, input_size=(112, 112)), create_head("am_softmax", 128, classes),
+                          batch, classes)
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print()
+    print(f"Top operators of one {variant} training step (self CPU time):")
+    print()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def model_table(args):
     names = ["mobilefacenet"] + [n for n in args.models if n != "mobilefacenet"]
     res = bench_models(names, args.batch, args.repeats, args.warmup, args.classes)
     base = res["mobilefacenet"]
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, 112x112, "
-          f"median of {args.repeats}")
     print()
     print("| model | train step (s) | train ratio | inference (img/s) | inference time ratio | target |")
     print("|---|---:|---:|---:|---:|---|")
@@ -131,15 +166,6 @@ def main() -> int:
             target = (f"train <= {tt}x: {'met' if tr <= tt else 'missed'}; "
                       f"inference <= {it}x: {'met' if ir <= it else 'missed'}")
         print(f"| {n} | {r['train']:.3f} | {tr:.2f}x | {args.batch / r['infer']:.1f} | {ir:.2f}x | {target} |")
-    if args.blocks:
-        print()
-        print(f"Per-bottleneck forward+backward, {args.block_variant} block vs plain block (batch {args.batch}):")
-        print()
-        print("| block | plain (ms) | variant (ms) | ratio |")
-        print("|---|---:|---:|---:|")
-        for label, a, b in bench_blocks(args.block_variant, args.batch, args.repeats):
-            print(f"| {label} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f}x |")
-    return 0
 
 
 if __name__ == "__main__":
