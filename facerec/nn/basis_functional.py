@@ -119,10 +119,13 @@ def basis_pointwise(x: Tensor, basis_weight: Tensor, coef: Tensor, guide: Tensor
     out_channels, channels = basis_weight.shape[0] // bases, basis_weight.shape[1]
     mask = guided_mask(guide)
     hard = _pixel_coefficients(coef, mask)
-    work = torch.promote_types(guide.dtype, torch.float32)
-    soft = torch.softmax(guide.to(work), dim=1).flatten(2)
-    soft_coef = torch.bmm(coef.detach().to(work).transpose(1, 2), soft).view_as(hard)
-    pixel_coef = _StraightThroughFunction.apply(hard, soft_coef).to(x.dtype)
+    if torch.is_grad_enabled() and guide.requires_grad:
+        work = torch.promote_types(guide.dtype, torch.float32)
+        soft = torch.softmax(guide.to(work), dim=1).flatten(2)
+        soft_coef = torch.bmm(coef.detach().to(work).transpose(1, 2), soft).view_as(hard)
+        pixel_coef = _StraightThroughFunction.apply(hard, soft_coef).to(x.dtype)
+    else:
+        pixel_coef = hard.to(x.dtype)
     # One 1x1 conv over r*C channels on pixel rows (channels_last memory: oneDNN runs this GEMM about twice
     # as fast as torch.mm on CPU).
     height, width = x.shape[2], x.shape[3]

@@ -22,12 +22,34 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PaperFilterGenerator", "BasisFilterGenerator"]
+__all__ = ["PaperFilterGenerator", "BasisFilterGenerator", "GroupedPointwiseConv"]
 
 
 def _conv_init_std(fan_in: int) -> float:
     """Std of nn.Conv2d's default weight init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in))."""
     return 1.0 / math.sqrt(3.0 * fan_in)
+
+
+class GroupedPointwiseConv(nn.Conv2d):
+    """nn.Conv2d(in, out, 1, groups=g) computed as one batched matmul over the groups.
+
+    Same parameters, hooks and results as the parent; oneDNN's grouped conv is very slow for the generator's
+    shape (a few input channels, ~m*O*C outputs, k x k pixels), the batched matmul is ~20x faster on CPU.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
+        super().__init__(in_channels, out_channels, 1, groups=groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, _, height, width = x.shape
+        groups, pixels = self.groups, height * width
+        per_in, per_out = self.in_channels // groups, self.out_channels // groups
+        grouped_in = x.reshape(batch, groups, per_in, pixels).permute(1, 2, 0, 3).reshape(
+            groups, per_in, batch * pixels)
+        weight = self.weight.view(groups, per_out, per_in).to(grouped_in.dtype)
+        out = torch.bmm(weight, grouped_in).view(groups, per_out, batch, pixels).permute(2, 0, 1, 3)
+        out = out.reshape(batch, self.out_channels, height, width)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
 
 
 class PaperFilterGenerator(nn.Module):
@@ -47,7 +69,7 @@ class PaperFilterGenerator(nn.Module):
         self.regions, self.hidden_channels = regions, hidden_channels
         self.pool = nn.AdaptiveAvgPool2d(kernel_size)
         self.squeeze = nn.Conv2d(in_channels, hidden_channels, 1)
-        self.expand = nn.Conv2d(hidden_channels, regions * out_channels * in_channels, 1, groups=regions)
+        self.expand = GroupedPointwiseConv(hidden_channels, regions * out_channels * in_channels, regions)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -164,3 +164,19 @@ def test_forward_uses_one_filter_per_pixel():
         region_conv2d(x, w, g)
     conv_flops = 2 * 2 * 16 * 32 * 64
     assert counter.get_total_flops() <= 1.01 * conv_flops
+
+
+def test_grouped_pointwise_conv_equals_nn_conv2d():
+    from facerec.nn.generators import GroupedPointwiseConv
+
+    torch.manual_seed(0)
+    fast = GroupedPointwiseConv(6, 12, groups=3).double()
+    ref = nn.Conv2d(6, 12, 1, groups=3).double()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 6, 3, 2, dtype=torch.float64, requires_grad=True)
+    y, y_ref = fast(x), ref(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, [x, *fast.parameters()], g),
+                         torch.autograd.grad(y_ref, [x, *ref.parameters()], g)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
