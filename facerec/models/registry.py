@@ -17,7 +17,7 @@ Names (all share ``input_size=(112, 112) | (112, 96)`` and ``embedding_size=128`
       own hidden unit: m*C*O multiply-adds per layer, i.e. one multiply-add per generated filter weight
       (6.3M over the 30 layers), exactly what the official FLOP counter charges per DRConv
       (``spatial_groups * O * C * k*k``). The survey's m^2 hidden width (as shallowtoil) costs 64*C*O per
-      layer: +50M MADDs (240M in all) and 50M parameters, far from Table 2.
+      layer: +50M MADDs (244M in all) and about 57M parameters, far from Table 2.
     * the region convolution counts one filter per output pixel (C*O*H*W), like a standard conv.
 
     Total: 189.4 + 4.4 (guides) + 6.3 (generators) + 0.04 (generator first layers) = 200.1M vs 201M

@@ -116,3 +116,17 @@ def test_eval_forward_is_deterministic(name, size):
     assert a.shape == (1, 128)
     assert torch.equal(a, b)
     assert torch.isfinite(a).all() and a.abs().sum() > 0
+
+
+def test_stride2_block_feeds_the_subsampled_guide_to_its_projection():
+    torch.manual_seed(0)
+    block = Bottleneck(8, 12, 2, 2, (9, 7), "drconv", "drconv", {"regions": 4}, shared_guide=True)
+    seen = {}
+    block.guide.register_forward_hook(lambda m, i, o: seen.__setitem__("guide", o))
+    block.expand.register_forward_pre_hook(lambda m, a: seen.__setitem__("expand", a[1]))
+    block.project.register_forward_pre_hook(lambda m, a: seen.__setitem__("project", a[1]))
+    out = block(torch.randn(2, 8, 9, 7))
+    assert out.shape == (2, 12, 5, 4)
+    assert seen["expand"] is seen["guide"]
+    assert torch.equal(seen["project"], seen["guide"][..., ::2, ::2])
+    assert block.expand.guide is None and block.project.guide is None
