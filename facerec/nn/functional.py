@@ -132,8 +132,8 @@ class _RegionConvFunction(torch.autograd.Function):
                 eq7 = eq7.view(geo.batch, geo.out_h, geo.out_w, geo.regions).permute(0, 3, 1, 2)
                 grad_guide = softmax_straight_through_grad(guide, eq7)
         if need_filters:
-            grad = grouped_outer_sum(rows.index_select(0, perm), dy_rows.index_select(0, perm), counts, offsets)
-            grad_filters = grad.transpose(1, 2).reshape(filters.shape)
+            grad = grouped_outer_sum(dy_rows.index_select(0, perm), rows.index_select(0, perm), counts, offsets)
+            grad_filters = grad.view(filters.shape)
         return grad_input, grad_filters, grad_guide, None, None, None
 
 
@@ -146,20 +146,28 @@ def _project_back(geo: _Geometry, filters: Tensor, dy_rows: Tensor, rows: Tensor
     """
     per_sample = max(1, geo.pixels * geo.regions * geo.ck)
     chunk = max(1, min(geo.batch, _EQ7_CHUNK_ELEMENTS // per_sample))
-    # (B, O, m * Ck): all regions' filters side by side so one bmm gives every T_j.
     stacked = filters.reshape(geo.batch, geo.regions, geo.out_channels, geo.ck)
     dy = dy_rows.view(geo.batch, geo.pixels, geo.out_channels)
     grad_rows = dy_rows.new_empty(geo.batch * geo.pixels, geo.ck)
     eq7 = dy_rows.new_empty(geo.batch * geo.pixels, geo.regions) if need_eq7 else None
+    # One bmm gives every T_j. Either the filters are laid side by side, (B, O, m*Ck) (a copy of the filters),
+    # or dY is repeated per region (a copy of m*L*O per sample): copy whichever is smaller.
+    repeat_dy = geo.pixels < geo.ck
     for start in range(0, geo.batch, chunk):
-        stop = min(start + chunk, geo.batch)
+        stop, size = min(start + chunk, geo.batch), min(chunk, geo.batch - start)
         lo, hi = start * geo.pixels, stop * geo.pixels
-        w = stacked[start:stop].permute(0, 2, 1, 3).reshape(stop - start, geo.out_channels, -1)
-        t = torch.bmm(dy[start:stop], w).view(hi - lo, geo.regions, geo.ck)
-        own = mask[lo:hi].view(-1, 1, 1).expand(-1, 1, geo.ck)
-        grad_rows[lo:hi] = t.gather(1, own).squeeze(1)
+        if repeat_dy:
+            dy_rep = dy[start:stop].unsqueeze(1).expand(-1, geo.regions, -1, -1).reshape(
+                size * geo.regions, geo.pixels, geo.out_channels)
+            t = torch.bmm(dy_rep, stacked[start:stop].reshape(size * geo.regions, geo.out_channels, geo.ck))
+            t = t.view(size, geo.regions, geo.pixels, geo.ck).transpose(1, 2)
+        else:
+            w = stacked[start:stop].permute(0, 2, 1, 3).reshape(size, geo.out_channels, -1)
+            t = torch.bmm(dy[start:stop], w).view(size, geo.pixels, geo.regions, geo.ck)
+        own = mask[lo:hi].view(size, geo.pixels, 1, 1).expand(-1, -1, 1, geo.ck)
+        grad_rows[lo:hi] = t.gather(2, own).view(hi - lo, geo.ck)
         if need_eq7:
-            eq7[lo:hi] = (t * rows[lo:hi].unsqueeze(1)).sum(-1)
+            eq7[lo:hi] = (t * rows[lo:hi].view(size, geo.pixels, 1, geo.ck)).sum(-1).view(hi - lo, geo.regions)
     return grad_rows, eq7
 
 

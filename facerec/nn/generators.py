@@ -31,10 +31,11 @@ def _conv_init_std(fan_in: int) -> float:
 
 
 class GroupedPointwiseConv(nn.Conv2d):
-    """nn.Conv2d(in, out, 1, groups=g) computed as one batched matmul over the groups.
+    """nn.Conv2d(in, out, 1, groups=g) computed with broadcast multiply-adds.
 
-    Same parameters, hooks and results as the parent; oneDNN's grouped conv is very slow for the generator's
-    shape (a few input channels, ~m*O*C outputs, k x k pixels), the batched matmul is ~20x faster on CPU.
+    Same parameters, hooks and results as the parent. The generator's shape (a few input channels per group,
+    ~O*C outputs per group, k x k pixels) makes oneDNN's grouped conv very slow on CPU; here each of the
+    in/g inputs of a group scales its weight column in one pass over the output (~20x faster).
     """
 
     def __init__(self, in_channels: int, out_channels: int, groups: int) -> None:
@@ -44,12 +45,16 @@ class GroupedPointwiseConv(nn.Conv2d):
         batch, _, height, width = x.shape
         groups, pixels = self.groups, height * width
         per_in, per_out = self.in_channels // groups, self.out_channels // groups
-        grouped_in = x.reshape(batch, groups, per_in, pixels).permute(1, 2, 0, 3).reshape(
-            groups, per_in, batch * pixels)
-        weight = self.weight.view(groups, per_out, per_in).to(grouped_in.dtype)
-        out = torch.bmm(weight, grouped_in).view(groups, per_out, batch, pixels).permute(2, 0, 1, 3)
-        out = out.reshape(batch, self.out_channels, height, width)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+        grouped_in = x.reshape(batch, groups, per_in, 1, pixels)
+        weight = self.weight.view(1, groups, per_out, per_in, 1).to(x.dtype)
+        if self.bias is None:
+            out = weight[:, :, :, 0] * grouped_in[:, :, 0]
+        else:
+            out = torch.addcmul(self.bias.view(1, groups, per_out, 1).to(x.dtype), weight[:, :, :, 0],
+                                grouped_in[:, :, 0])
+        for t in range(1, per_in):
+            out = torch.addcmul(out, weight[:, :, :, t], grouped_in[:, :, t])
+        return out.reshape(batch, self.out_channels, height, width)
 
 
 class PaperFilterGenerator(nn.Module):
