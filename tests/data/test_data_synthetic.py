@@ -94,3 +94,17 @@ def test_cli(tmp_path, capsys):
     assert synthetic.main(args) == 0
     assert "synthetic dataset ready" in capsys.readouterr().out
     assert RecordDataset(tmp_path / "cli" / "train.rec").num_classes == 2
+
+
+@pytest.mark.slow
+def test_default_sizes(tmp_path):
+    """The demo's default set: 300 x 20 train, 1,000 val pairs, 200 probes and 10,000 distractors."""
+    out = generate(tmp_path / "d", progress=False)
+    ds = RecordDataset(out / "train.rec")
+    assert (len(ds), ds.num_classes) == (6000, 300)
+    images, issame = read_bin(out / "synth_val.bin")
+    assert images.shape == (2000, 112, 112, 3) and issame.sum() == 500
+    lists = out / "megaface" / "templatelists"
+    assert len(read_template_list(lists / "facescrub_features_list.json")[0]) == 200
+    for size in (10, 100, 1000, 10000):
+        assert len(read_template_list(lists / f"megaface_features_list.json_{size}_1")[0]) == size
