@@ -89,6 +89,18 @@ def test_dataloader_two_workers_matches_one_process(tmp_path):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
+def test_dataloader_workers_flip_reproducibly(tmp_path):
+    path, _ = _write_header_rec(tmp_path, [0, 1, 2, 3])
+    ds = RecordDataset(path, train=True)
+
+    def run():
+        torch.manual_seed(7)
+        return torch.cat([x for x, _ in DataLoader(ds, batch_size=2, num_workers=2)])
+
+    a, b = run(), run()
+    assert torch.equal(a, b)
+
+
 def test_corrupt_jpeg_label_range_and_skip_corrupt(tmp_path, caplog):
     imgs = _images(3)
     with FaceRecWriter(tmp_path / "train.rec", 3, 2) as w:

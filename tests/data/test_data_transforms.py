@@ -43,3 +43,11 @@ def test_hflip_and_crop_numpy_torch_agree():
         crop_to_input_size(img[0, :100], (112, 96))
     with pytest.raises(ValueError):
         center_crop_112x96(np.zeros((2, 100, 100, 3), np.uint8))
+
+
+def test_per_image_path_is_bit_identical_for_every_value():
+    values = np.arange(256, dtype=np.uint8).repeat(3).reshape(16, 16, 3)
+    flipped = values[:, ::-1]  # a strided view, as RecordDataset's flip passes it
+    assert torch.equal(normalize_image(values), normalize(values[None])[0])
+    assert torch.equal(normalize_image(flipped), normalize(np.ascontiguousarray(flipped)[None])[0])
+    assert normalize_image(flipped).is_contiguous()
