@@ -93,13 +93,17 @@ class RecordDataset(_TrainSampleMixin, Dataset):
             to the next index instead of raising. ``read`` always raises.
         num_classes: overrides ``property`` (needed for plain im2rec files that come without one).
 
-    ``len()`` is the number of images, ``num_classes`` the number of identities, ``labels`` is filled lazily by
-    :meth:`scan_labels`. Each DataLoader worker opens its own file handle.
+    ``path`` may also be the folder holding ``train.rec``. ``len()`` is the number of images, ``num_classes`` the
+    number of identities; :meth:`scan_labels` reads every label from the record headers. Record 0 counts as
+    InsightFace's header when it carries >= 2 labels and no image bytes (a plain im2rec record with a label
+    array still holds its JPEG). Each DataLoader worker opens its own file handle.
     """
 
     def __init__(self, path, *, train: bool = True, input_size=(112, 112), skip_corrupt: bool = False,
                  num_classes: int | None = None):
         self.path = Path(path)
+        if self.path.is_dir():
+            self.path = self.path / "train.rec"
         self.train = bool(train)
         self.input_size = _check_input_size(input_size)
         self.skip_corrupt = bool(skip_corrupt)
@@ -118,8 +122,8 @@ class RecordDataset(_TrainSampleMixin, Dataset):
         keys = self.reader.keys
         self.keys = keys
         if len(keys) and keys[0] == 0:
-            header, _ = self._unpack(0)
-            if header.flag > 0:
+            header, payload = self._unpack(0)
+            if header.flag >= 2 and (len(payload) == 0 or decode_rgb(payload) is None):
                 first_id, end_id = (int(v) for v in header.label[:2])
                 if not 1 <= first_id <= end_id:
                     raise RecordIOError(f"header record labels {header.label[:2].tolist()} are not "

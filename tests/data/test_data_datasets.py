@@ -62,6 +62,16 @@ def test_plain_im2rec_layout_and_label_arrays(tmp_path):
     np.testing.assert_array_equal(ds.read(3)[0], imgs[3])
 
 
+def test_folder_path_and_label_array_records(tmp_path):
+    imgs = _images(2)
+    with IndexedRecordWriter(tmp_path / "train.rec") as w:
+        for k in range(2):
+            w.write_idx(k, pack_header(IRHeader(0, [float(k), 5.0], k, 0), encode_image(imgs[k], ".png")))
+    (tmp_path / "property").write_text("2,112,112")
+    ds = RecordDataset(tmp_path, train=False)
+    assert ds.identity_key_range is None and len(ds) == 2 and [ds.read(i)[1] for i in range(2)] == [0, 1]
+
+
 def test_input_size_112x96_crop_and_flip_determinism(tmp_path):
     path, imgs = _write_header_rec(tmp_path, [0, 1])
     ds = RecordDataset(path, train=True, input_size=(112, 96))
