@@ -4,19 +4,24 @@ Format (``specs/face-pipelines-survey.md`` section 2.4): a pickle of ``(bins, is
 encoded images (pair k = ``bins[2k]``, ``bins[2k+1]``), ``issame`` P booleans. InsightFace's own files
 (lfw.bin, cfp_fp.bin, agedb_30.bin) are Python-2 pickles whose ``str`` items load as bytes with
 ``encoding='bytes'``. Images decode to RGB.
+
+CLI: ``python -m facerec.data.verification FOLDER PAIRS.txt OUT.bin`` builds a ``.bin`` from aligned images
+``FOLDER/<name>/<name>_<num:04d>.<ext>`` and an LFW-style pairs file.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from .codec import IMAGE_SUFFIXES, decode_rgb, encode_image
 
-__all__ = ["read_bin", "read_bin_encoded", "write_bin", "read_pairs_txt", "build_bin_from_pairs"]
+__all__ = ["read_bin", "read_bin_encoded", "write_bin", "read_pairs_txt", "build_bin_from_pairs", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +160,28 @@ def build_bin_from_pairs(root, pairs_txt, out_path, *, digits: int = 4, skip_mis
         issame.append(na == nb)
     write_bin(out_path, bins, issame)
     return {"pairs": len(issame), "positives": int(sum(issame)), "skipped": skipped}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m facerec.data.verification",
+                                     description="Build a verification .bin from an image folder + pairs.txt")
+    parser.add_argument("folder", help="aligned images: FOLDER/<name>/<name>_<num:04d>.<ext>")
+    parser.add_argument("pairs", help="LFW-style pairs file: 'name i j' or 'name_a i name_b j' per line")
+    parser.add_argument("out", help="output .bin")
+    parser.add_argument("--digits", type=int, default=4, help="zero padding of the image numbers (default 4)")
+    parser.add_argument("--skip-missing", action="store_true", help="leave out pairs whose image is missing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        summary = build_bin_from_pairs(args.folder, args.pairs, args.out, digits=args.digits,
+                                       skip_missing=args.skip_missing)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {summary['pairs']} pairs ({summary['positives']} same-person), "
+          f"{len(summary['skipped'])} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ import pytest
 
 from facerec.data import RecordDataset
 from facerec.data.codec import encode_image
-from facerec.data.verification import (build_bin_from_pairs, read_bin, read_bin_encoded, read_pairs_txt,
+from facerec.data.verification import (build_bin_from_pairs, main, read_bin, read_bin_encoded, read_pairs_txt,
                                        write_bin)
 
 
@@ -103,6 +103,9 @@ def test_build_from_folder_and_pairs(tmp_path):
         build_bin_from_pairs(tmp_path / "lfw", tmp_path / "pairs.txt", tmp_path / "out.bin")
     summary = build_bin_from_pairs(tmp_path / "lfw", tmp_path / "pairs.txt", tmp_path / "out.bin", skip_missing=True)
     assert summary["pairs"] == 1 and len(summary["skipped"]) == 1
+    assert main([str(tmp_path / "lfw"), str(tmp_path / "pairs.txt"), str(tmp_path / "cli.bin")]) == 2
+    assert main([str(tmp_path / "lfw"), str(tmp_path / "pairs.txt"), str(tmp_path / "cli.bin"), "--skip-missing"]) == 0
+    assert read_bin(tmp_path / "cli.bin")[1].tolist() == [True]
 
 
 def test_real_bin_matches_its_rec_and_pairs(shared_data, tmp_path):
