@@ -33,7 +33,7 @@ __all__ = ["evaluate", "clean_probe_features", "quantize_curve", "devkit_json", 
 
 log = logging.getLogger(__name__)
 
-SCORE_SCALE = 2.0 ** 15  # probes are scaled by this exact power of two so scores span the counter's bins
+SCORE_SCALE = 2.0 ** 14  # probes are scaled by this exact power of two so scores span the counter's bins
 _ID_BINS = 1 << 15
 
 

@@ -23,6 +23,7 @@ __all__ = ["ThresholdCounter"]
 
 _BUILD_CELLS = 1 << 25  # lookup cells built per step (bounds the build's temporaries)
 _SPARSE = 0.1  # below this fraction of scores above their row's lowest threshold, only those are binned
+_DENSE_SKIP = 4  # after this many clearly dense blocks in a row, stop testing for the sparse case
 
 
 class ThresholdCounter:
@@ -72,6 +73,7 @@ class ThresholdCounter:
             raise ValueError(f"bin map (s + {offset}) * {factor} over {n_bins} bins is not representable")
         self._buf: dict = {}
         self._keys = None
+        self._dense_streak = 0
         self.lut = self._build_lut()
 
     def _buffer(self, name: str, numel: int, dtype) -> torch.Tensor:
@@ -82,23 +84,18 @@ class ThresholdCounter:
             self._buf[name] = b
         return b[:numel]
 
-    def _bins(self, s: torch.Tensor, rows: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    def _bins(self, s: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Flat lookup index ``row * G + g(s)`` of every score: s (R, B) float32, rows (R,) -> int32 (R, B)
-        (a reused buffer). ``clamp=False`` only when every score is known to lie in [s_lo, s_hi]."""
+        (a reused buffer)."""
         f = self._buffer("f", s.numel(), torch.float32).view(s.shape)
-        if clamp:
-            torch.clamp(s, self.s_lo, self.s_hi, out=f)
-            if self.factor != 1.0:
-                f.mul_(self.factor)
-            f.add_(self.offset)
-        elif self.factor != 1.0:
-            torch.mul(s, self.factor, out=f)
-            f.add_(self.offset)
-        else:
-            torch.add(s, self.offset, out=f)
+        torch.clamp(s, self.s_lo, self.s_hi, out=f)
+        if self.factor != 1.0:
+            f.mul_(self.factor)
+        f.add_(self.offset)
         g = self._buffer("g", s.numel(), torch.int32).view(s.shape)
         g.copy_(f)
-        g += self.row_bins[rows][:, None]
+        if self.n_rows > 1:
+            g += self.row_bins[rows][:, None]
         return g
 
     def _build_lut(self) -> torch.Tensor:
@@ -130,11 +127,13 @@ class ThresholdCounter:
         n_cols = scores.shape[1]
         if n_cols == 0 or len(rows) == 0:
             return
-        if not scores.is_cuda:
+        if not scores.is_cuda and self._dense_streak < _DENSE_SKIP:
             above = self._buffer("m", scores.numel(), torch.bool).view(scores.shape)
             torch.gt(scores, self.row_min[rows][:, None], out=above)
             n_above = above.sum(1)
-            if int(n_above.sum()) < _SPARSE * scores.numel():  # few scores reach a threshold: count only those
+            frac = float(n_above.sum()) / scores.numel()
+            self._dense_streak = self._dense_streak + 1 if frac > 3 * _SPARSE else 0
+            if frac < _SPARSE:  # few scores reach a threshold: count only those
                 self.hist[rows * self.width] += n_cols - n_above  # the rest have position 0
                 flat = torch.from_numpy(np.flatnonzero(above.view(-1).numpy()))
                 r_idx, c_idx = flat // n_cols, flat % n_cols
