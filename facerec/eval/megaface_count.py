@@ -10,7 +10,9 @@ sorted thresholds t_1 <= ... <= t_k the position
 ``pos(s) = #{j : t_j < s}`` equals ``#{j : g(t_j) < g(s)}`` whenever no threshold shares the bin g(s)
 (monotonicity), so a per-row lookup table over the G bins gives it with one gather. Bins holding a threshold
 are marked ambiguous and their few scores are compared exactly. A per-row histogram of positions then gives
-``count(s > t_j) = #{s : pos(s) >= j}`` (ties are not counted: strict).
+``count(s > t_j) = #{s : pos(s) >= j}`` (ties are not counted: strict). On the CPU, when under 10 % of a
+block's scores exceed their row's lowest threshold (a trained model: mates score above most distractors),
+only those scores are binned and the rest go straight to position 0.
 """
 from __future__ import annotations
 
