@@ -129,7 +129,7 @@ def basis_pointwise(x: Tensor, basis_weight: Tensor, coef: Tensor, guide: Tensor
     # One 1x1 conv over r*C channels on pixel rows (channels_last memory: oneDNN runs this GEMM about twice
     # as fast as torch.mm on CPU).
     height, width = x.shape[2], x.shape[3]
-    rows = x.permute(0, 2, 3, 1).reshape(batch, height, width, 1, channels)
+    rows = x.permute(0, 2, 3, 1).unsqueeze(3)
     scaled = (pixel_coef.permute(0, 2, 3, 1).unsqueeze(-1) * rows).reshape(batch, height, width,
                                                                           bases * channels)
     weight = basis_weight.view(bases, out_channels, channels).transpose(0, 1).reshape(
