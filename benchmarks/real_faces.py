@@ -67,7 +67,7 @@ VARIANTS = ("mobilefacenet", "drconv_mobilefacenet", "condconv_mobilefacenet", "
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "orl-att-faces"
 INPUT_SIZE = (112, 96)
 HOLDOUT = 10
-DEFAULT_STEPS = 60
+DEFAULT_STEPS = 30
 DEFAULT_BATCH = 16
 DEFAULT_LR = 0.1
 PROTOCOL = ("leave-one-out rank-1 on the 10 held-out identities (100 images): each image is a probe against the "
@@ -220,6 +220,9 @@ def run_one(variant: str, seed: int, data_dir: Path, out_dir: Path, test_images,
     start, cpu_start = time.perf_counter(), time.process_time()
     result = train(cfg)
     train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+    if result["interrupted"]:  # the runner turns SIGTERM/SIGINT into a clean stop; the study stops too
+        raise SystemExit(f"stopped by a signal in {variant} seed {seed} at step {result['step']}; finished runs "
+                         "are in --out")
     extractor = ModelFeatureExtractor(result["backbone"], "cpu", INPUT_SIZE)
     start = time.perf_counter()
     feats = extract_features(extractor, test_images, batch_size=50, flip=True, normalize=True)
@@ -275,7 +278,7 @@ def _write_out(path: Path, report: dict) -> None:
         path.write_text(report["markdown"] + "\n")
 
 
-def _report(args, runs, pixel_runs, align_desc, elapsed) -> dict:
+def _report(args, runs, pixel_runs, align_desc, elapsed, runtime_text=None) -> dict:
     rows = summarize(runs, args.variants)
     pixel_rows = summarize(pixel_runs, ["pixels"])
     table = format_table(rows + [dict(r, loss=math.nan, step_ratio=math.nan) for r in pixel_rows], args.seeds)
@@ -288,14 +291,39 @@ def _report(args, runs, pixel_runs, align_desc, elapsed) -> dict:
         f"{INPUT_SIZE[0]}x{INPUT_SIZE[1]}, lr {args.lr} (warm-up {max(1, args.steps // 10)} steps, /10 at "
         f"{milestones_for(args.steps)}), AM-Softmax, SGD momentum 0.9, 30 training identities (300 images).",
         f"Alignment: {align_desc}.",
-        f"Runtime: {elapsed / 60:.1f} min wall, {time.process_time() / 60:.1f} min CPU "
+        runtime_text or f"Runtime: {elapsed / 60:.1f} min wall, {time.process_time() / 60:.1f} min CPU "
         f"({torch.get_num_threads()} threads; wall time is inflated when the machine is shared).",
         "",
         table,
     ])
     return {"markdown": md, "rows": rows, "pixels": pixel_rows, "runs": runs, "pixel_runs": pixel_runs,
             "protocol": PROTOCOL, "alignment": align_desc, "steps": args.steps, "batch": args.batch,
-            "lr": args.lr, "split": args.split, "seeds": args.seeds, "runtime_s": elapsed}
+            "lr": args.lr, "split": args.split, "seeds": args.seeds, "runtime_s": elapsed,
+            "cpu_s": time.process_time()}
+
+
+def merge_reports(reports: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Runs and pixel runs of several ``--out`` JSON reports of the same study (same steps, batch, lr, split,
+    alignment), e.g. variants of one seed run as two processes; a (variant, seed) pair measured twice keeps
+    the first. Raises ValueError when the settings differ."""
+    keys = ("steps", "batch", "lr", "split", "alignment", "protocol")
+    for other in reports[1:]:
+        diff = [k for k in keys if other.get(k) != reports[0].get(k)]
+        if diff:
+            raise ValueError(f"cannot merge reports whose settings differ: {', '.join(diff)}")
+    runs, pixel_runs, seen = [], [], set()
+    for report in reports:
+        for run in report["runs"]:
+            if (run["variant"], run["seed"]) not in seen:
+                seen.add((run["variant"], run["seed"]))
+                runs.append(run)
+        for run in report["pixel_runs"]:
+            if ("pixels", run["seed"]) not in seen:
+                seen.add(("pixels", run["seed"]))
+                pixel_runs.append(run)
+    runs.sort(key=lambda r: r["seed"])
+    pixel_runs.sort(key=lambda r: r["seed"])
+    return runs, pixel_runs
 
 
 def _parse_args(argv):
@@ -312,6 +340,8 @@ def _parse_args(argv):
     parser.add_argument("--out", type=Path, help="write the table (.md) or everything (.json); rewritten after "
                                                  "every run so an interrupted study keeps its finished runs")
     parser.add_argument("--quick", action="store_true", help="smoke test: 3 steps, batch 8, seed 0")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="train nothing: combine --out JSON reports of one study and print the table")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.seeds = 3, 8, "0"
@@ -324,8 +354,28 @@ def _parse_args(argv):
     return args
 
 
+def _main_merge(args) -> int:
+    reports = [json.loads(p.read_text()) for p in args.merge]
+    runs, pixel_runs = merge_reports(reports)
+    first = reports[0]
+    args.steps, args.batch, args.lr, args.split = first["steps"], first["batch"], first["lr"], first["split"]
+    args.seeds = sorted({r["seed"] for r in runs} | {r["seed"] for r in pixel_runs})
+    wall = sum(r["runtime_s"] for r in reports)
+    text = (f"Merged from {len(reports)} processes ({', '.join(p.name for p in args.merge)}): summed wall "
+            f"{wall / 60:.1f} min; training CPU summed over the runs {sum(r['train_cpu_s'] for r in runs) / 60:.1f} "
+            "min (2 threads per process; wall time is inflated when the machine is shared).")
+    report = _report(args, runs, pixel_runs, first["alignment"], wall, text)
+    report.pop("cpu_s")
+    print(report["markdown"])
+    if args.out:
+        _write_out(args.out, report)
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parse_args(argv)
+    if args.merge:
+        return _main_merge(args)
     torch.set_num_threads(2)
     (ROOT / "runs").mkdir(exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="real_faces_", dir=ROOT / "runs"))

@@ -149,3 +149,34 @@ def test_quick_study_end_to_end(rf, shared_data, tmp_path):
     assert [r["variant"] for r in report["runs"]] == ["mobilefacenet"] and report["runs"][0]["steps"] == 3
     assert 0.0 <= report["runs"][0]["rank1"] <= 1.0
     assert "| mobilefacenet |" in report["markdown"] and "| pixels |" in report["markdown"]
+
+
+def _fake_report(variants, seed=0, steps=30, rank1=0.5):
+    runs = [{"variant": v, "seed": seed, "rank1": rank1, "loss": 1.0, "cpu_s_per_step": 2.0, "train_cpu_s": 60.0}
+            for v in variants]
+    return {"runs": runs, "pixel_runs": [{"variant": "pixels", "seed": seed, "rank1": 0.9}], "steps": steps,
+            "batch": 16, "lr": 0.1, "split": "per-seed", "alignment": "a", "protocol": "p", "runtime_s": 60.0}
+
+
+def test_merge_keeps_first_duplicate_and_rejects_different_settings(rf):
+    a = _fake_report(["mobilefacenet", "condconv_mobilefacenet"], rank1=0.5)
+    b = _fake_report(["condconv_mobilefacenet", "local_mobilefacenet"], rank1=0.7)
+    runs, pixels = rf.merge_reports([a, b])
+    assert [(r["variant"], r["rank1"]) for r in runs] == [
+        ("mobilefacenet", 0.5), ("condconv_mobilefacenet", 0.5), ("local_mobilefacenet", 0.7)]
+    assert len(pixels) == 1
+    with pytest.raises(ValueError, match="steps"):
+        rf.merge_reports([a, _fake_report(["local_mobilefacenet"], steps=60)])
+
+
+def test_merge_cli_prints_and_writes_the_combined_table(rf, tmp_path, capsys):
+    paths = []
+    for i, variants in enumerate((["mobilefacenet"], ["drconv_mobilefacenet"])):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(_fake_report(variants)))
+    out = tmp_path / "merged.md"
+    assert rf.main(["--merge", *map(str, paths), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| mobilefacenet | 50.0 +- 0.0 | 50.0 |" in text and "| drconv_mobilefacenet | 50.0" in text
+    assert "Merged from 2 processes" in text and "| pixels | 90.0" in text
+    assert text.strip() in capsys.readouterr().out
