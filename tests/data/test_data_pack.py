@@ -58,3 +58,17 @@ def test_face_rec_writer_checks_order_and_counts(tmp_path):
     w.add(0, b"a")
     with pytest.raises(ValueError, match="announced 3 images / 2 classes, received 1 / 1"):
         w.close()
+
+
+def test_own_photos_end_to_end_on_real_faces(shared_data, tmp_path):
+    """ORL photos (92x112 greyscale PGM, one folder per person) -> align (centre fallback) -> pack -> dataset."""
+    from facerec.data.align import main as align_main
+
+    src = shared_data / "orl-att-faces"
+    assert align_main([str(src), str(tmp_path / "aligned"), "--detector", "none", "--fallback", "center"]) == 0
+    assert main([str(tmp_path / "aligned"), str(tmp_path / "rec" / "train.rec")]) == 0
+    ds = RecordDataset(tmp_path / "rec" / "train.rec", train=True)
+    assert (len(ds), ds.num_classes) == (400, 40)
+    img, label = ds.read(399)
+    assert img.shape == (112, 112, 3) and label == 39
+    assert (img[..., 0] == img[..., 1]).all()  # greyscale came through as 3 equal channels
