@@ -323,6 +323,7 @@ class _Run:
                     self.monitor.scalars(self.step, {"loss": window_loss / window_steps, "lr": lr,
                                                      "samples_per_s": sps})
                     window_loss, window_steps = 0.0, 0
+                    meter.restart()
                 if stop:
                     interrupted = True
                     break

@@ -31,7 +31,7 @@ def format_duration(seconds: float) -> str:
 
 
 class ThroughputMeter:
-    """Samples per second over a window; the window restarts after pauses (eval, checkpoints)."""
+    """Samples per second over a window (the loop restarts it at each log line and after pauses)."""
 
     def __init__(self) -> None:
         self.restart()
