@@ -23,7 +23,7 @@ GENERATORS = ("paper", "basis")
 BASIS_PATHS = ("auto", "dense", "gather")
 
 # "auto" uses the dense-basis form (cost ~ r convs) when the output has at most this many pixels per sample,
-# or when r <= 3/4 m at any size; otherwise the gathered form (~ m + 2 conv units, with gather/scatter and
+# or, when gradients are recorded, r <= 3/4 m at any size; otherwise the gathered form (~ m + 2 conv units, with gather/scatter and
 # per-group GEMM overheads). Measured with benchmarks/drconv_layer.py (m=8, CPU): at 56x56 gathered beats
 # dense for r=8 (6.3x vs 8.6x a conv's training step) and loses for r=4 (6.3x vs 4.9x); at 14x14 and 7x7
 # dense wins for both.
@@ -47,7 +47,7 @@ class DRConv2d(nn.Module):
             near the paper's +6% MADDs over MobileFaceNet (Table 2: 201M vs 189M).
         num_bases: r, the shared kernels of the basis generator. Default 4 (the official code uses 8): the
             dense-basis form costs about r convs, so r=4 halves it; r=8 is the official setting.
-        basis_path: "auto" (per output size), "dense" (one conv with r*O outputs + per-pixel mix) or
+        basis_path: "auto" (by output size, r and grad mode), "dense" (one conv with r*O outputs + mix) or
             "gather" (materialise the m filters, region_conv2d). Only for generator="basis".
 
     Shapes: x (B, C, H, W) [, guide_feature (B, m, Ho, Wo)] -> (B, O, Ho, Wo).
@@ -89,8 +89,10 @@ class DRConv2d(nn.Module):
         if self.generator != "basis":
             return False
         if self.basis_path == "auto":
-            few_bases = 4 * self.filter_generator.num_bases <= 3 * self.regions
-            return out_pixels <= _DENSE_BASIS_MAX_PIXELS or few_bases
+            if out_pixels <= _DENSE_BASIS_MAX_PIXELS:
+                return True
+            # Without a backward only the forward counts, and the gathered one (1 conv of MACs) is the faster.
+            return torch.is_grad_enabled() and 4 * self.filter_generator.num_bases <= 3 * self.regions
         return self.basis_path == "dense"
 
     def forward(self, x: Tensor, guide_feature: Tensor | None = None) -> Tensor:

@@ -187,3 +187,13 @@ def test_grouped_pointwise_conv_equals_nn_conv2d():
     for got, want in zip(torch.autograd.grad(y, [x, *fast.parameters()], g),
                          torch.autograd.grad(y_ref, [x, *ref.parameters()], g)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_basis_path_choice():
+    few = DRConv2d(8, 8, regions=8, generator="basis", num_bases=4)
+    many = DRConv2d(8, 8, regions=8, generator="basis", num_bases=8)
+    assert few._use_dense_basis(7 * 7) and many._use_dense_basis(14 * 14)
+    assert few._use_dense_basis(56 * 56) and not many._use_dense_basis(56 * 56)
+    with torch.no_grad():
+        assert not few._use_dense_basis(56 * 56) and few._use_dense_basis(7 * 7)
+    assert not DRConv2d(8, 8, generator="paper")._use_dense_basis(7 * 7)
