@@ -22,11 +22,11 @@ __all__ = ["DRConv2d", "GENERATORS", "BASIS_PATHS", "guide_modules"]
 GENERATORS = ("paper", "basis")
 BASIS_PATHS = ("auto", "dense", "gather")
 
-# "auto" uses the dense-basis form (cost ~ r convs) when the output has at most this many pixels per sample,
-# or, when gradients are recorded, r <= 3/4 m at any size; otherwise the gathered form (~ m + 2 conv units, with gather/scatter and
-# per-group GEMM overheads). Measured with benchmarks/drconv_layer.py (m=8, CPU): at 56x56 gathered beats
-# dense for r=8 (6.3x vs 8.6x a conv's training step) and loses for r=4 (6.3x vs 4.9x); at 14x14 and 7x7
-# dense wins for both.
+# "auto" uses the dense-basis form (cost ~ r convs) when the output has at most this many pixels per
+# sample, or, when gradients are recorded, r <= 3/4 m at any size; otherwise the gathered form (~ m + 2 conv
+# units, with gather/scatter and per-group GEMM overheads). Measured with benchmarks/drconv_layer.py (m=8,
+# CPU): at 56x56 gathered beats dense for r=8 (6.3x vs 8.6x a conv's training step) and loses for r=4
+# (6.3x vs 4.9x), while its forward alone is the faster (3.2x vs 3.6x); at 14x14 and 7x7 dense wins.
 _DENSE_BASIS_MAX_PIXELS = 14 * 14
 
 
