@@ -113,15 +113,17 @@ def main() -> int:
     parser.add_argument("--blocks", action="store_true", help="per-bottleneck fwd+bwd table for --block-variant")
     parser.add_argument("--block-variant", default="drconv_mobilefacenet", choices=list_models())
     parser.add_argument("--only-blocks", action="store_true", help="skip the whole-model table")
+    parser.add_argument("--layers", action="store_true",
+                        help="inference time of each bottleneck 1x1 layer, --block-variant against plain")
     parser.add_argument("--profile", action="store_true",
                         help="top operators (self CPU time) of one --block-variant training step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, 112x112, "
           f"median of {args.repeats}")
-    if not args.only_blocks:
+    if not (args.only_blocks or args.layers):
         model_table(args)
-    if args.blocks or args.only_blocks:
+    if args.blocks or (args.only_blocks and not args.layers):
         print()
         print(f"Per-bottleneck forward+backward, {args.block_variant} block vs plain block (batch {args.batch}):")
         print()
@@ -129,9 +131,53 @@ def main() -> int:
         print("|---|---:|---:|---:|")
         for label, a, b in bench_blocks(args.block_variant, args.batch, args.repeats):
             print(f"| {label} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f}x |", flush=True)
+    if args.layers:
+        print()
+        print(f"Inference time per bottleneck 1x1 layer (eval, batch {args.batch}; the block guide is counted "
+              f"with the expansion), {args.block_variant} vs plain:")
+        print()
+        print("| layer | plain (ms) | variant (ms) | ratio |")
+        print("|---|---:|---:|---:|")
+        rows = layer_forward_times(args.block_variant, args.batch, args.repeats)
+        for name, a, b in rows:
+            print(f"| {name} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f}x |")
+        a_sum, b_sum = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        print(f"| **all 30 layers** | {a_sum * 1e3:.1f} | {b_sum * 1e3:.1f} | {b_sum / a_sum:.2f}x |")
     if args.profile:
         profile_step(args.block_variant, args.batch, args.classes)
     return 0
+
+
+def layer_forward_times(variant, batch, repeats):
+    """Inference time of every bottleneck 1x1 layer (plus the block guides): (name, plain s, variant s)."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 112, 112)
+    totals = []
+    for name in ("mobilefacenet", variant):
+        model = create_model(name, input_size=(112, 112)).eval()
+        acc = {}
+        starts = {}
+
+        def pre(module, args, key=None):
+            starts[key] = time.perf_counter()
+
+        def post(module, args, out, key=None):
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - starts[key]
+
+        for mod_name, module in model.named_modules():
+            if mod_name.endswith((".expand", ".project", ".guide")):
+                key = mod_name.rsplit(".", 1)[0] + (".expand+guide" if mod_name.endswith(".guide") else
+                                                    "." + mod_name.rsplit(".", 1)[1])
+                key = key.replace(".expand+guide", ".expand")
+                module.register_forward_pre_hook(lambda m, a, key=key: pre(m, a, key))
+                module.register_forward_hook(lambda m, a, o, key=key: post(m, a, o, key))
+        with torch.no_grad():
+            model(x)
+            acc.clear()
+            for _ in range(repeats):
+                model(x)
+        totals.append({k: v / repeats for k, v in acc.items()})
+    return [(k, totals[0][k], totals[1][k]) for k in totals[0]]
 
 
 def profile_step(variant, batch, classes):
