@@ -44,8 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--facescrub-noises", default=None, help="InsightFace facescrub_noises.txt (refined lists)")
     s.add_argument("--megaface-noises", default=None, help="InsightFace megaface_noises.txt (refined lists)")
     s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--block-size", type=int, default=32768,
-                   help="distractors per block: bounds memory (about 20 bytes x 256 x block-size)")
+    s.add_argument("--block-size", type=int, default=8192,
+                   help="distractors per block W: bounds memory (block buffers about 17 x probes x W bytes, "
+                        "plus a 0.46 GB lookup table for 3,530 probes)")
     s.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     s.add_argument("--algo", default=None, help="name in the output files (default: from the suffix)")
     s.add_argument("--no-plot", action="store_true")
