@@ -19,12 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from facerec.nn._grouped import grouped_outer_sum, grouped_rows_matmul, sort_by_group
+from facerec.nn._grouped import GroupPlan, choose_strategy
 
 __all__ = ["region_conv2d", "guided_mask", "softmax_straight_through_grad"]
 
 # Elements of the per-chunk Eq.7 intermediate (L * m * C * k^2 per sample); bounds backward memory.
 _EQ7_CHUNK_ELEMENTS = 1 << 22
+
+# How the per-(sample, region) GEMMs run: "auto" (by mean group size, see facerec.nn._grouped), "grouped"
+# (torch._grouped_mm) or "padded" (bucketed, padded torch.bmm). Tests and benchmarks may override it.
+_GROUP_STRATEGY = "auto"
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -104,20 +108,22 @@ class _RegionConvFunction(torch.autograd.Function):
         mask = guided_mask(guide).reshape(-1)
         sample = torch.arange(geo.batch, device=input.device).repeat_interleave(geo.pixels)
         group = sample * geo.regions + mask
-        perm, counts, offsets = sort_by_group(group, geo.batch * geo.regions)
-        rows = geo.rows(input)
-        out_sorted = grouped_rows_matmul(rows.index_select(0, perm), geo.grouped_filters(filters), counts, offsets)
-        out_rows = torch.empty_like(out_sorted)
-        out_rows.index_copy_(0, perm, out_sorted)
+        num_groups = geo.batch * geo.regions
+        strategy = _GROUP_STRATEGY
+        if strategy == "auto":
+            strategy = choose_strategy(group.numel(), num_groups, filters.dtype, geo.ck, geo.out_channels)
+        plan = GroupPlan(group, num_groups, strategy)
+        out_rows = plan.rows_matmul(geo.rows(input), geo.grouped_filters(filters))
         # The GEMM writes pixel rows, i.e. channels_last memory; returning it as is saves a full copy.
         out = out_rows.view(geo.batch, geo.out_h, geo.out_w, geo.out_channels).permute(0, 3, 1, 2)
-        ctx.save_for_backward(input, filters, guide, mask, perm, counts, offsets)
+        ctx.save_for_backward(input, filters, guide, mask)
+        ctx.plan = plan
         ctx.geometry = (stride, padding, dilation)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        input, filters, guide, mask, perm, counts, offsets = ctx.saved_tensors
+        input, filters, guide, mask = ctx.saved_tensors
         geo = _Geometry(input, filters, *ctx.geometry)
         need_input, need_filters, need_guide = ctx.needs_input_grad[:3]
         grad_out = grad_out.to(filters.dtype)
@@ -132,7 +138,7 @@ class _RegionConvFunction(torch.autograd.Function):
                 eq7 = eq7.view(geo.batch, geo.out_h, geo.out_w, geo.regions).permute(0, 3, 1, 2)
                 grad_guide = softmax_straight_through_grad(guide, eq7)
         if need_filters:
-            grad = grouped_outer_sum(dy_rows.index_select(0, perm), rows.index_select(0, perm), counts, offsets)
+            grad = ctx.plan.outer_sum(dy_rows, rows)
             grad_filters = grad.view(filters.shape)
         return grad_input, grad_filters, grad_guide, None, None, None
 
