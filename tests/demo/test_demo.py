@@ -1,0 +1,48 @@
+"""The one-command demo at smoke size (slow: CI runs it once), and its summary table."""
+import json
+from pathlib import Path
+
+import pytest
+
+from facerec.demo import format_summary, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _summary(**over):
+    s = {"model": "drconv_mobilefacenet", "input_size": [112, 96], "steps": 10, "batch_size": 8,
+         "train_images": 100, "train_identities": 10, "checkpoint": "c.pt",
+         "verification": {"synth_val_acc": 0.8125, "synth_val_acc_std": 0.05},
+         "megaface": {"num_distractors": 1000, "num_probes": 30, "num_trials": 120, "rank1": 0.5,
+                      "cmc": {"1": 0.5}, "tar_at_far": {"1e-04": 0.25}, "flip": False},
+         "mask_figure": "m.png", "seconds": {"synthetic data": 2.0, "training": 10.0, "megaface": 3.0, "masks": 1.0}}
+    s.update(over)
+    return s
+
+
+def test_summary_table_has_every_stage_and_total():
+    table = format_summary(_summary())
+    assert "| verification synth_val | 0.8125 +- 0.0500 |" in table
+    assert "rank-1 @ 1000 distractors | 0.5000 (120 trials, 30 probes, no flip)" in table
+    assert "| TAR @ FAR=1e-04 | 0.2500 |" in table
+    assert table.splitlines()[-1] == "| total | | 16 |"
+
+
+def test_bad_override_is_a_clear_error(capsys):
+    assert main(["--config", str(ROOT / "configs" / "demo.yaml"), "--set", "schedule.total_stepz=3"]) == 2
+    assert "schedule.total_steps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["--config", str(ROOT / "configs" / "demo.yaml"), "--quick",
+               "--set", f"data.path={tmp_path / 'data'}", "--set", f"train.out_dir={tmp_path / 'run'}"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 30
+    assert 0.0 <= summary["verification"]["synth_val_acc"] <= 1.0
+    assert summary["megaface"]["num_distractors"] == 1000
+    assert 0.0 <= summary["megaface"]["rank1"] <= 1.0
+    assert Path(summary["mask_figure"]).is_file()
+    assert "| total |" in capsys.readouterr().out
