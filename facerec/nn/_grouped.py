@@ -10,17 +10,24 @@ GEMM ``Y[g] = X[g] @ W[g]`` and the filter gradient the per-group sum of outer p
 * ``"padded"``: groups padded to a common length and multiplied with ``torch.bmm``: a handful of calls per
   pass whatever B*m. Groups are put in buckets by size (``ceil(log2(rows))``), each bucket padded to its
   longest group, so padding at most doubles the MACs. With one bucket and no empty group the weights are
-  used in place; otherwise each bucket gathers its groups' weights (one filter-sized copy).
+  used in place (also when the longest group is short, see IN_PLACE_MAX_ROWS); otherwise each bucket gathers
+its groups' weights (one filter-sized copy).
 
-Rule (``choose_strategy``): "padded" when there are at least ``PADDED_MIN_GROUPS`` groups (B*m; the fixed
-cost grows with the number of calls) and the mean group holds at most ``PADDED_MAX_MEAN_ROWS`` rows (outputs
-of <= 28x28 with m = 8 regions), or when the dtype/alignment rules out ``torch._grouped_mm``; "grouped"
-otherwise (few or large groups: exact MACs, no padding).
-Why: at 14x14 and 7x7 a group holds 6-25 rows, and the per-group calls dominate. Measured on this project's
-2-core AMD VM (1 thread, CPU time, MKL), the two are within 1.2x of each other at 14x14; with 2 threads on a
-shared machine, each of the B*m = 256 per-group calls waits at an OpenMP barrier and the grouped form took
-from 8 ms to seconds per pass (128->128 @14x14, B=32), the padded form 6-80 ms. At 56x56 (392 rows per
-group) per-call costs are amortised and ``_grouped_mm`` avoids the padding.
+Rule (``choose_strategy``): "padded" when torch runs more than one thread, there are at least
+``PADDED_MIN_GROUPS`` groups (B*m) and the mean group holds at most ``PADDED_MAX_MEAN_ROWS`` rows (outputs of
+<= 28x28 with m = 8 regions); also whenever the dtype or sizes rule out ``torch._grouped_mm`` (float64).
+"grouped" otherwise. Why, measured on this project's 2-core AMD VM (B = 32, m = 8, MKL; region_conv2d
+alone, forward / forward+backward):
+
+* 1 thread (CPU time): "grouped" is the faster at every MobileFaceNet shape (7x7 to 56x56): padded costs
+  5-40% more per training step and 1.2-2.6x in the forward (padding, and a filter-sized weight gather when
+  group sizes vary). With one thread a per-group ``aten::mm`` costs only its dispatch.
+* 2 threads on the shared machine (wall clock, default OpenMP wait policy): every per-group GEMM opens an
+  OpenMP parallel region, and with the cores oversubscribed some of the 256 barriers per pass stall:
+  single passes of "grouped" took 1.4-6 s (e.g. 128->512 @14x14 forward: 6056 ms vs 43 ms padded;
+  64->128 @28x28 training step: 4144 ms vs 472 ms). "padded" makes a handful of calls per pass.
+* Few groups (< 64) or large ones (56x56: ~392 rows each): per-call costs are amortised and
+  ``_grouped_mm`` does the exact MACs (padding may double them), so "grouped".
 
 Shapes: rows (N, K) in ORIGINAL row order (the plan permutes internally); group (N,) int64 in [0, G);
 weights (G, K, M). Results come back in original row order.
@@ -35,6 +42,7 @@ __all__ = ["GroupPlan", "choose_strategy", "PADDED_MAX_MEAN_ROWS", "PADDED_MIN_G
 STRATEGIES = ("auto", "grouped", "padded")
 PADDED_MAX_MEAN_ROWS = 128
 PADDED_MIN_GROUPS = 64
+IN_PLACE_MAX_ROWS = 32
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -49,10 +57,16 @@ def _grouped_mm_ok(dtype: torch.dtype, inner: int, outer: int) -> bool:
     return dtype in _GROUPED_MM_DTYPES and (inner * size) % 16 == 0 and (outer * size) % 16 == 0
 
 
-def choose_strategy(num_rows: int, num_groups: int, dtype: torch.dtype, inner: int, outer: int) -> str:
-    """"padded" for many small groups or when _grouped_mm cannot run, else "grouped" (see module docstring)."""
+def choose_strategy(num_rows: int, num_groups: int, dtype: torch.dtype, inner: int, outer: int,
+                    threads: int | None = None) -> str:
+    """"padded" for many small groups on >1 thread or when _grouped_mm cannot run, else "grouped".
+
+    threads: torch's intra-op thread count (default ``torch.get_num_threads()``). See the module docstring.
+    """
     if not _grouped_mm_ok(dtype, inner, outer):
         return "padded"
+    if (torch.get_num_threads() if threads is None else threads) <= 1:
+        return "grouped"
     many_small = num_groups >= PADDED_MIN_GROUPS and num_rows <= PADDED_MAX_MEAN_ROWS * num_groups
     return "padded" if many_small else "grouped"
 
@@ -85,10 +99,11 @@ class GroupPlan:
         order = torch.sort(key, stable=True).indices[int((~nonempty).sum()):]
         keys = key[order]
         bucket_keys, bucket_sizes = torch.unique_consecutive(keys, return_counts=True)
-        # Collapse to one bucket (no weight gather) when padding everything to the longest group at most
-        # doubles the rows and no group is empty.
+        # One bucket padded to the longest group, weights used in place (no filter-sized gather), when that at
+        # most doubles the rows, or when the longest group is short (<= IN_PLACE_MAX_ROWS): a GEMM of so few
+        # rows is bound by reading its group's weights, so padding rows costs little and a gather a lot.
         max_len = int(counts.max()) if self.num_groups else 0
-        self.in_place = bool(nonempty.all()) and self.num_groups * max_len <= 2 * max(self.num_rows, 1)
+        self.in_place = max_len <= IN_PLACE_MAX_ROWS or self.num_groups * max_len <= 2 * max(self.num_rows, 1)
         if self.in_place:
             bucket_sizes = torch.tensor([self.num_groups])
         self.buckets = []      # (group ids (n,) or None for all in place, n, padded length L, flat row start)
