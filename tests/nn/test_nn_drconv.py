@@ -197,3 +197,19 @@ def test_auto_basis_path_choice():
     with torch.no_grad():
         assert not few._use_dense_basis(56 * 56) and few._use_dense_basis(7 * 7)
     assert not DRConv2d(8, 8, generator="paper")._use_dense_basis(7 * 7)
+
+
+@pytest.mark.parametrize("generator", ["paper", "basis"])
+def test_step0_region_filters_start_correlated(generator):
+    # Independent random filters per region make every mask flip swap a pixel to an unrelated filter; with the
+    # paper generator this stalled DRConv-MobileFaceNet's training from scratch. Regions must start similar
+    # (yet differ, see the spread check above).
+    torch.manual_seed(0)
+    layer = DRConv2d(64, 128, 1, generator=generator)
+    with torch.no_grad():
+        filters = layer.filter_generator(torch.randn(4, 64, 8, 8)).flatten(2)  # (B, m, O*C)
+        unit = filters / filters.norm(dim=2, keepdim=True)
+        cos = unit @ unit.transpose(1, 2)
+        m = cos.shape[1]
+        off_diag = (cos.sum(dim=(1, 2)) - m) / (m * (m - 1))
+    assert off_diag.min() > 0.7, f"{generator}: mean cosine between region filters {off_diag.tolist()}"
