@@ -12,11 +12,10 @@ the project end to end on the embedded synthetic set (nothing is downloaded):
 5. one summary table (also written as ``summary.md`` / ``summary.json`` into the run folder).
 
 ``--quick`` shrinks every stage (fewer identities, steps and distractors) for a smoke run in CI; the numbers
-it prints are not meant to be good. This module is a CLI: it parses argv and prints its results.
+it prints are not meant to be good. The command line itself (argv, printed table) is in facerec.cli.demo.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -203,35 +202,10 @@ def format_summary(s: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facerec.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/demo.yaml", help="YAML config (default configs/demo.yaml)")
-    parser.add_argument("--quick", action="store_true", help="smoke-sized run (CI): tiny data, 30 steps")
-    parser.add_argument("--megaface-flip", action="store_true",
-                        help="flip-sum the MegaFace features (doubles that stage's time)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, repeatable (e.g. --set schedule.total_steps=100)")
-    args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    from facerec.config import load_config
+    """Command line (``python -m facerec.demo``); it lives in :mod:`facerec.cli.demo`."""
+    from facerec.cli.demo import main as cli_main
 
-    overrides = (list(QUICK_OVERRIDES) if args.quick else []) + args.overrides
-    try:
-        cfg = load_config(args.config, overrides)
-    except (ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_demo(cfg, megaface_flip=args.megaface_flip)
-    except KeyboardInterrupt as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return 130
-    print()
-    print(format_summary(summary))
-    print(f"\nrun folder: {cfg.out_dir} (summary.md, summary.json, megaface/, masks/, checkpoints)")
-    return 0
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ generates only when ``OUT/.synthetic-complete.json`` with the same parameters is
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -255,27 +254,10 @@ def ensure_synthetic(out_dir, *, progress: bool | None = None, **kwargs) -> Path
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facerec.data.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", help="output folder (e.g. data/synthetic)")
-    for name, value in DEFAULTS.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parser.add_argument("--no-" + name.replace("_", "-"), dest=name, action="store_false",
-                                help=f"skip the {name} part")
-        elif isinstance(value, tuple):
-            parser.add_argument(flag, type=int, nargs=2, default=value, metavar=("LO", "HI"))
-        elif isinstance(value, float):
-            parser.add_argument(flag, type=float, default=value, help="nuisance strength (0 = none, 1 = default)")
-        else:
-            parser.add_argument(flag, type=int, default=value)
-    parser.add_argument("--force", action="store_true", help="regenerate even when a matching set exists")
-    args = vars(parser.parse_args(argv))
-    out, force = args.pop("out"), args.pop("force")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    path = generate(out, progress=True, **args) if force else ensure_synthetic(out, progress=True, **args)
-    info = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    print(f"synthetic dataset ready in {path}: {json.dumps(info.get('summary', {}))}")
-    return 0
+    """Command line (``python -m facerec.data.synthetic``); it lives in :mod:`facerec.cli.synthetic`."""
+    from facerec.cli.synthetic import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

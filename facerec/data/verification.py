@@ -10,7 +10,6 @@ CLI: ``python -m facerec.data.verification FOLDER PAIRS.txt OUT.bin`` builds a `
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import pickle
@@ -163,24 +162,10 @@ def build_bin_from_pairs(root, pairs_txt, out_path, *, digits: int = 4, skip_mis
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facerec.data.verification",
-                                     description="Build a verification .bin from an image folder + pairs.txt")
-    parser.add_argument("folder", help="aligned images: FOLDER/<name>/<name>_<num:04d>.<ext>")
-    parser.add_argument("pairs", help="LFW-style pairs file: 'name i j' or 'name_a i name_b j' per line")
-    parser.add_argument("out", help="output .bin")
-    parser.add_argument("--digits", type=int, default=4, help="zero padding of the image numbers (default 4)")
-    parser.add_argument("--skip-missing", action="store_true", help="leave out pairs whose image is missing")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        summary = build_bin_from_pairs(args.folder, args.pairs, args.out, digits=args.digits,
-                                       skip_missing=args.skip_missing)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {summary['pairs']} pairs ({summary['positives']} same-person), "
-          f"{len(summary['skipped'])} skipped")
-    return 0
+    """Command line (``python -m facerec.data.verification``); it lives in :mod:`facerec.cli.verification`."""
+    from facerec.cli.verification import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
