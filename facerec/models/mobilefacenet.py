@@ -8,19 +8,19 @@ Follows the layer table of ../shared/specs/face-pipelines-survey.md section 4.1 
 
 BN follows every conv; PReLU follows every conv except the bottleneck projections, the GDConv and the last
 1x1. A bottleneck has an identity shortcut only when its stride is 1 and in = out channels. The bottleneck 1x1
-convolutions (expansion and projection, 30 layers) come from ``facerec.nn.create_pointwise_conv`` so the
+convolutions (expansion and projection, 30 layers) come from a ``facerec.nn.PointwiseFactory`` so the
 DRConv paper's variants (Table 2: DRConv, CondConv, local convolution) differ from the plain network only in
 those layers; see ``facerec.models.registry`` for the variant defaults and their reasoning.
 
 Shapes: input (B, 3, H, W) RGB with (H, W) = ``input_size``; output embedding (B, embedding_size), not
 normalised (the margin heads and the evaluation normalise).
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from facerec.nn import create_pointwise_conv
+from facerec.nn import PointwiseFactory, pointwise_factory
 
 __all__ = [
     "MOBILEFACENET_SETTINGS",
@@ -42,7 +42,12 @@ MOBILEFACENET_SETTINGS: Tuple[Tuple[int, int, int, int], ...] = (
 #: Input sizes (H, W) the network is defined for; the GDConv kernel is the final 7x7 / 7x6 feature map.
 INPUT_SIZES: Tuple[Tuple[int, int], ...] = ((112, 112), (112, 96))
 
-_POINTWISE_KINDS = ("standard", "drconv", "condconv", "local")
+#: A pointwise kind name ("standard", "drconv", "condconv", "local") or a factory from ``pointwise_factory``.
+Pointwise = Union[str, PointwiseFactory]
+
+
+def _factory(pointwise: Pointwise) -> PointwiseFactory:
+    return pointwise if isinstance(pointwise, PointwiseFactory) else pointwise_factory(pointwise)
 
 
 def _conv_out(size: Tuple[int, int], stride: int) -> Tuple[int, int]:
@@ -71,7 +76,9 @@ class ConvBNAct(nn.Sequential):
 class Bottleneck(nn.Module):
     """Inverted residual: 1x1 expand (BN, PReLU) -> 3x3 depthwise with the stride (BN, PReLU) -> 1x1 project (BN).
 
-    ``expand_kind`` / ``project_kind`` pick the 1x1 convolutions (``facerec.nn.create_pointwise_conv`` kinds).
+    ``expand`` / ``project`` build the 1x1 convolutions: a ``facerec.nn.PointwiseFactory`` (kind and keywords
+    fixed, see ``facerec.nn.pointwise_factory``) or a kind name (its defaults). The module names (``expand``,
+    ``project``, ``guide``, ...) and so the state_dict keys do not depend on the kind's keywords.
     With ``shared_guide=True`` (DRConv only, as the official DRConv code's ``masknet``) the block owns one
     1x1 ``guide`` conv (in_channels -> regions) applied to the block input; its guided feature F
     (B, regions, H, W) drives the expansion, and F subsampled by the stride (nearest neighbour, i.e.
@@ -80,45 +87,35 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int,
-                 input_size: Tuple[int, int], expand_kind: str = "standard", project_kind: str = "standard",
-                 pointwise_kwargs: Optional[Dict[str, Any]] = None, shared_guide: bool = False) -> None:
+                 input_size: Tuple[int, int], expand: Pointwise = "standard", project: Pointwise = "standard",
+                 shared_guide: bool = False) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride!r}")
         hidden = in_channels * expansion
-        kwargs = dict(pointwise_kwargs or {})
+        expand_factory, project_factory = _factory(expand), _factory(project)
         output_size = _conv_out(input_size, stride)
         self.stride = stride
         self.use_shortcut = stride == 1 and in_channels == out_channels
-        self.guided = shared_guide and "drconv" in (expand_kind, project_kind)
+        guided = [f for f in (expand_factory, project_factory) if f.accepts_guide] if shared_guide else []
+        self.guided = bool(guided)
         if self.guided:
-            regions = int(kwargs.get("regions", 8))
-            self.guide = nn.Conv2d(in_channels, regions, 1, bias=False)
-        self.expand = self._pointwise(expand_kind, in_channels, hidden, input_size, kwargs)
+            regions = {f.regions for f in guided}
+            if len(regions) > 1:
+                raise ValueError(f"a shared guide needs one region count, got expand/project regions {regions}")
+            self.guide = nn.Conv2d(in_channels, regions.pop(), 1, bias=False)
+        self._expand_takes_guide = self.guided and expand_factory.accepts_guide
+        self._project_takes_guide = self.guided and project_factory.accepts_guide
+        self.expand = expand_factory(in_channels, hidden, input_size=input_size,
+                                     external_guide=self._expand_takes_guide)
         self.expand_bn = nn.BatchNorm2d(hidden)
         self.expand_act = nn.PReLU(hidden)
         self.depthwise = nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False)
         self.depthwise_bn = nn.BatchNorm2d(hidden)
         self.depthwise_act = nn.PReLU(hidden)
-        self.project = self._pointwise(project_kind, hidden, out_channels, output_size, kwargs)
+        self.project = project_factory(hidden, out_channels, input_size=output_size,
+                                       external_guide=self._project_takes_guide)
         self.project_bn = nn.BatchNorm2d(out_channels)
-        self._expand_takes_guide = self.guided and expand_kind == "drconv"
-        self._project_takes_guide = self.guided and project_kind == "drconv"
-
-    def _pointwise(self, kind: str, in_channels: int, out_channels: int, size: Tuple[int, int],
-                   kwargs: Dict[str, Any]) -> nn.Module:
-        if kind not in _POINTWISE_KINDS:
-            raise ValueError(f"unknown pointwise kind {kind!r}; valid: {', '.join(_POINTWISE_KINDS)}")
-        if kind == "standard":
-            return create_pointwise_conv("standard", in_channels, out_channels, bias=False)
-        if kind == "local":
-            return create_pointwise_conv("local", in_channels, out_channels, bias=False, input_size=tuple(size))
-        if kind == "condconv":
-            keep = {k: v for k, v in kwargs.items() if k in ("experts",)}
-            return create_pointwise_conv("condconv", in_channels, out_channels, bias=False, **keep)
-        keep = {k: v for k, v in kwargs.items() if k not in ("experts",)}
-        return create_pointwise_conv("drconv", in_channels, out_channels, bias=False,
-                                     external_guide=self.guided, **keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, in_channels, H, W) -> (B, out_channels, Ho, Wo)."""
@@ -142,9 +139,11 @@ class MobileFaceNet(nn.Module):
     Args:
         input_size: (112, 112) or (112, 96); fixes the GDConv kernel (7x7 or 7x6) and the local-conv sizes.
         embedding_size: width of the final linear 1x1 conv + BN (paper: 128); any positive integer.
-        pointwise: kind of every bottleneck 1x1 conv ("standard", "drconv", "condconv", "local"), or a
-            sequence of 30 kinds, one per bottleneck 1x1 conv in network order (expand, project, expand, ...).
-        pointwise_kwargs: keywords for ``create_pointwise_conv`` (regions, generator, experts, ...).
+        pointwise: what every bottleneck 1x1 conv is: a kind name ("standard", "drconv", "condconv", "local")
+            or a ``facerec.nn.pointwise_factory(kind, **kw)``, or a sequence of 30 of those, one per bottleneck
+            1x1 conv in network order (expand, project, expand, ...).
+        pointwise_kwargs: keywords of the kind (regions, generator, experts, ...; see
+            ``facerec.nn.pointwise_factory``) when ``pointwise`` is a single kind name.
         shared_guide: DRConv only: one guide conv per block shared by its 1x1 DRConvs (see ``Bottleneck``).
 
     Modules: ``stem`` (conv 3x3 s2 + depthwise 3x3), ``stages`` (5 sequences of ``Bottleneck``), ``conv_sep``
@@ -164,7 +163,7 @@ class MobileFaceNet(nn.Module):
             raise ValueError(f"input_size must be one of {list(INPUT_SIZES)}, got {input_size!r}")
         if not isinstance(embedding_size, int) or isinstance(embedding_size, bool) or embedding_size < 1:
             raise ValueError(f"embedding_size must be a positive int, got {embedding_size!r}")
-        kinds = self._expand_kinds(pointwise)
+        factories = self._factories(pointwise, pointwise_kwargs)
         self.input_size = size
         self.embedding_size = embedding_size
 
@@ -180,8 +179,8 @@ class MobileFaceNet(nn.Module):
             blocks: List[nn.Module] = []
             for i in range(n):
                 stride = s if i == 0 else 1
-                blocks.append(Bottleneck(in_channels, c, stride, t, feat, kinds[k], kinds[k + 1],
-                                         pointwise_kwargs, shared_guide))
+                blocks.append(Bottleneck(in_channels, c, stride, t, feat, factories[k], factories[k + 1],
+                                         shared_guide))
                 k += 2
                 feat = _conv_out(feat, stride)
                 in_channels = c
@@ -196,19 +195,19 @@ class MobileFaceNet(nn.Module):
         self.final_feature_size = feat
 
     @staticmethod
-    def _expand_kinds(pointwise) -> List[str]:
+    def _factories(pointwise, pointwise_kwargs: Optional[Dict[str, Any]]) -> List[PointwiseFactory]:
         count = 2 * sum(n for _, _, n, _ in MOBILEFACENET_SETTINGS)
+        if pointwise_kwargs and not isinstance(pointwise, str):
+            raise ValueError("pointwise_kwargs needs pointwise to be one kind name; for per-layer settings pass "
+                             "facerec.nn.pointwise_factory(kind, **kw) objects")
         if isinstance(pointwise, str):
-            kinds = [pointwise] * count
-        elif isinstance(pointwise, (list, tuple)) and len(pointwise) == count:
-            kinds = list(pointwise)
-        else:
-            raise ValueError(f"pointwise must be a kind name or a sequence of {count} kind names, "
-                             f"got {pointwise!r}")
-        for kind in kinds:
-            if kind not in _POINTWISE_KINDS:
-                raise ValueError(f"unknown pointwise kind {kind!r}; valid: {', '.join(_POINTWISE_KINDS)}")
-        return kinds
+            return [pointwise_factory(pointwise, **(pointwise_kwargs or {}))] * count
+        if isinstance(pointwise, PointwiseFactory):
+            return [pointwise] * count
+        if isinstance(pointwise, (list, tuple)) and len(pointwise) == count:
+            return [_factory(p) for p in pointwise]
+        raise ValueError(f"pointwise must be a kind name, a PointwiseFactory or a sequence of {count} of them, "
+                         f"got {pointwise!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) RGB, normalised -> embedding (B, embedding_size)."""

@@ -39,6 +39,8 @@ from typing import Any, Callable, Dict, List
 
 import torch.nn as nn
 
+from facerec.nn import pointwise_factory
+
 from .mobilefacenet import MOBILEFACENET_SETTINGS, MobileFaceNet
 
 __all__ = ["create_model", "list_models", "PAPER_TABLE2_MADDS"]
@@ -79,14 +81,14 @@ def _drconv_mobilefacenet(**kw: Any) -> nn.Module:
     shared_guide = bool(kw.pop("shared_guide", True))
     layer_kw: Dict[str, Any] = {"regions": 8, "generator": "paper"}
     layer_kw.update(kw)
-    return MobileFaceNet(pointwise="drconv", pointwise_kwargs=layer_kw, shared_guide=shared_guide, **common)
+    return MobileFaceNet(pointwise=pointwise_factory("drconv", **layer_kw), shared_guide=shared_guide, **common)
 
 
 def _condconv_mobilefacenet(**kw: Any) -> nn.Module:
     common = _take_common(kw)
     experts = kw.pop("experts", 8)
     _reject_rest("condconv_mobilefacenet", kw, ["experts"])
-    return MobileFaceNet(pointwise="condconv", pointwise_kwargs={"experts": experts}, **common)
+    return MobileFaceNet(pointwise=pointwise_factory("condconv", experts=experts), **common)
 
 
 def _local_mobilefacenet(**kw: Any) -> nn.Module:

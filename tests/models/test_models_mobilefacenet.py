@@ -1,9 +1,12 @@
 """MobileFaceNet family: architecture of the paper's table, forward/backward/eval for every registry model."""
+import hashlib
+
 import pytest
 import torch
 import torch.nn as nn
 
 from facerec.models import MOBILEFACENET_SETTINGS, Bottleneck, MobileFaceNet, create_model, list_models
+from facerec.nn import pointwise_factory
 
 SIZES = [(112, 112), (112, 96)]
 MODELS = ["mobilefacenet", "drconv_mobilefacenet", "condconv_mobilefacenet", "local_mobilefacenet"]
@@ -120,7 +123,8 @@ def test_eval_forward_is_deterministic(name, size):
 
 def test_stride2_block_feeds_the_subsampled_guide_to_its_projection():
     torch.manual_seed(0)
-    block = Bottleneck(8, 12, 2, 2, (9, 7), "drconv", "drconv", {"regions": 4}, shared_guide=True)
+    drconv = pointwise_factory("drconv", regions=4)
+    block = Bottleneck(8, 12, 2, 2, (9, 7), drconv, drconv, shared_guide=True)
     seen = {}
     block.guide.register_forward_hook(lambda m, i, o: seen.__setitem__("guide", o))
     block.expand.register_forward_pre_hook(lambda m, a: seen.__setitem__("expand", a[1]))
@@ -130,3 +134,47 @@ def test_stride2_block_feeds_the_subsampled_guide_to_its_projection():
     assert seen["expand"] is seen["guide"]
     assert torch.equal(seen["project"], seen["guide"][..., ::2, ::2])
     assert block.expand.guide is None and block.project.guide is None
+
+
+# state_dict keys and shapes of every variant, hashed before the pointwise dispatch moved into
+# facerec.nn.pointwise_factory: checkpoints trained before it must keep loading.
+STATE_DICT_DIGESTS = {
+    ("mobilefacenet", (112, 112)): (333, "3ea0c57faaa26dc1"),
+    ("mobilefacenet", (112, 96)): (333, "41a27a88256b29cb"),
+    ("drconv_mobilefacenet", (112, 112)): (438, "8a63e57cfaf47e7c"),
+    ("drconv_mobilefacenet", (112, 96)): (438, "777612eb879f5ba1"),
+    ("condconv_mobilefacenet", (112, 112)): (393, "197a6a0f4812e9bb"),
+    ("condconv_mobilefacenet", (112, 96)): (393, "f68519c12aa0332b"),
+    ("local_mobilefacenet", (112, 112)): (333, "fa9ac62b262411eb"),
+    ("local_mobilefacenet", (112, 96)): (333, "b9ebc4424191b28c"),
+    ("drconv_mobilefacenet", "generator=basis"): (408, "28a9128a6a5c8e27"),
+    ("drconv_mobilefacenet", "shared_guide=False"): (483, "2f1585dd1d3fec5a"),
+}
+
+
+@pytest.mark.parametrize("key", list(STATE_DICT_DIGESTS), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_state_dict_keys_and_shapes_unchanged(key):
+    name, variant = key
+    if isinstance(variant, tuple):
+        model = create_model(name, input_size=variant)
+    else:
+        option, value = variant.split("=")
+        model = create_model(name, **{option: value == "True" if value in ("True", "False") else value})
+    state = model.state_dict()
+    text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in state.items())
+    assert (len(state), hashlib.sha256(text.encode()).hexdigest()[:16]) == STATE_DICT_DIGESTS[key]
+
+
+def test_pointwise_per_layer_factories_and_errors():
+    kinds = ["standard"] * 28 + [pointwise_factory("condconv", experts=2)] * 2
+    model = MobileFaceNet(input_size=(112, 96), pointwise=kinds)
+    last = model.stages[-1][-1]
+    assert last.expand.experts == 2 and isinstance(model.stages[0][0].expand, nn.Conv2d)
+    with pytest.raises(ValueError, match="unknown pointwise kind 'dynamic'"):
+        MobileFaceNet(pointwise="dynamic")
+    with pytest.raises(ValueError, match="pointwise_kwargs needs"):
+        MobileFaceNet(pointwise=["drconv"] * 30, pointwise_kwargs={"regions": 4})
+    with pytest.raises(ValueError, match="sequence of 30"):
+        MobileFaceNet(pointwise=["drconv"] * 29)
+    with pytest.raises(TypeError, match="experts"):
+        create_model("drconv_mobilefacenet", experts=4)

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerec.nn import POINTWISE_KINDS, CondConv2d, DRConv2d, LocallyConnected2d, create_pointwise_conv
+from facerec.nn import (POINTWISE_KINDS, CondConv2d, DRConv2d, LocallyConnected2d, create_pointwise_conv,
+                        pointwise_factory)
 
 KIND_KW = {"standard": {}, "drconv": {}, "condconv": {}, "local": {"input_size": (6, 6)}}
 
@@ -41,6 +42,25 @@ def test_factory_errors():
         create_pointwise_conv("standard", 4, 4, regions=8)
     with pytest.raises(ValueError, match="input_size"):
         create_pointwise_conv("local", 4, 4)
+
+
+def test_pointwise_factory_fixes_keywords_and_takes_layer_ones():
+    drconv = pointwise_factory("drconv", regions=4, generator="basis")
+    assert drconv.accepts_guide and drconv.regions == 4
+    layer = drconv(8, 6, input_size=(5, 5), external_guide=True)
+    assert isinstance(layer, DRConv2d) and layer.guide is None and layer.generator == "basis"
+    assert drconv(8, 6, input_size=(5, 5)).guide is not None
+    local = pointwise_factory("local")
+    assert not local.accepts_guide and local.regions is None
+    assert local(8, 6, input_size=(5, 4)).input_size == (5, 4)
+    with pytest.raises(ValueError, match="external_guide=True needs kind 'drconv'"):
+        local(8, 6, input_size=(5, 4), external_guide=True)
+    with pytest.raises(TypeError, match="input_size"):
+        pointwise_factory("local", input_size=(5, 4))
+    with pytest.raises(TypeError, match="allowed for this kind: experts"):
+        pointwise_factory("condconv", regions=8)
+    with pytest.raises(ValueError, match="valid kinds"):
+        pointwise_factory("dynamic")
 
 
 def test_condconv_matches_loop_reference():
