@@ -6,6 +6,11 @@ and the MobileFaceNet weight-decay split (4e-5, 4e-4 after the global operator).
 wrong types are errors that name the dotted key (and, for a typo, the closest valid key). Derived
 values are properties; nothing is written back into a config.
 
+Inheritance: a YAML file may name another with ``base: other.yaml`` (a path relative to the file's folder);
+the file's keys are laid over the base's, mappings key by key (so a child that sets ``model.name`` keeps the
+base's ``model.input_size``), lists and scalars replaced whole. Bases may have bases; a missing base or a
+cycle is a ValueError naming the chain. ``name`` is never inherited: it is the leaf file's own ``name`` or stem.
+
 Public API: :class:`Config` and its sections, :func:`load_config`, :func:`config_from_dict`,
 :func:`config_to_dict`, :func:`apply_overrides`, :func:`save_config`.
 """
@@ -305,12 +310,10 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     return config_from_dict(data)
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Read a YAML config, apply ``--set`` style overrides, validate everything.
+BASE_KEY = "base"
 
-    ``name`` defaults to the file's stem (so ``configs/demo.yaml`` runs in ``runs/demo``).
-    """
-    path = Path(path)
+
+def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -321,7 +324,48 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         raise ValueError(f"config file {path}: invalid YAML: {exc}") from exc
     if not isinstance(data, Mapping):
         raise TypeError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
-    data = dict(data)
+    return dict(data)
+
+
+def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict:
+    """``child`` laid over ``base``: mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The file's data with its ``base:`` chain merged in (without the ``base`` key)."""
+    resolved = path.resolve()
+    if resolved in chain:
+        names = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ValueError(f"config inheritance cycle: {names}")
+    data = _read_yaml(path)
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise TypeError(f"config file {path}: '{BASE_KEY}' must be a file name (relative to {path.parent}), "
+                        f"got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ValueError(f"config file {path}: base {base!r} not found (looked for {base_path})")
+    inherited = _resolve(base_path, (*chain, resolved))
+    inherited.pop("name", None)
+    return _merge(inherited, data)
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config (and its ``base:`` chain), apply ``--set`` style overrides, validate everything.
+
+    ``name`` defaults to the file's stem (so ``configs/demo.yaml`` runs in ``runs/demo``).
+    """
+    path = Path(path)
+    data = _resolve(path)
     data.setdefault("name", path.stem)
     try:
         cfg = config_from_dict(data)

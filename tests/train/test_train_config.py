@@ -101,3 +101,41 @@ def test_demo_config_loads():
     cfg = load_config(CONFIGS / "demo.yaml")
     assert cfg.model.name == "drconv_mobilefacenet" and cfg.data.synthetic
     assert cfg.schedule.total_steps <= 1000 and cfg.eval.sets
+
+
+def test_base_inheritance_merges_mappings_and_replaces_the_rest(tmp_path):
+    _write(tmp_path, "name: base_name\nmodel:\n  name: mobilefacenet\n  embedding_size: 64\n"
+                     "head:\n  options: {scale: 30.0, margin: 0.35}\neval:\n  sets: [a.bin, b.bin]\n",
+           name="root.yaml")
+    _write(tmp_path, "base: root.yaml\noptim:\n  lr: 0.5\n", name="mid.yaml")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    cfg = load_config(_write(sub, "base: ../mid.yaml\nmodel:\n  name: local_mobilefacenet\n"
+                                  "head:\n  options: {margin: 0.2}\neval:\n  sets: [c.bin]\n", name="leaf.yaml"))
+    assert cfg.name == "leaf"  # never inherited
+    assert (cfg.model.name, cfg.model.embedding_size, cfg.optim.lr) == ("local_mobilefacenet", 64, 0.5)
+    assert cfg.head.options == {"scale": 30.0, "margin": 0.2}
+    assert cfg.eval.sets == ("c.bin",)
+
+
+def test_missing_base_and_cycle_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"base 'nope\.yaml' not found \(looked for .*nope\.yaml\)"):
+        load_config(_write(tmp_path, "base: nope.yaml\n"))
+    _write(tmp_path, "base: b.yaml\n", name="a.yaml")
+    _write(tmp_path, "base: a.yaml\n", name="b.yaml")
+    with pytest.raises(ValueError, match=r"inheritance cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(TypeError, match="'base' must be a file name"):
+        load_config(_write(tmp_path, "base: [x.yaml]\n", name="c.yaml"))
+    _write(tmp_path, "optim:\n  lrr: 1\n", name="d.yaml")
+    with pytest.raises(ValueError, match=r"unknown config key 'optim\.lrr'"):  # a base's keys are checked too
+        load_config(_write(tmp_path, "base: d.yaml\n", name="e.yaml"))
+
+
+def test_paper_configs_state_only_the_model():
+    import yaml
+    for path in sorted(CONFIGS.glob("ms1mv2_*.yaml")):
+        if path.name == "ms1mv2_base.yaml":
+            continue
+        data = yaml.safe_load(path.read_text())
+        assert data == {"base": "ms1mv2_base.yaml", "model": {"name": path.stem.removeprefix("ms1mv2_")}}, path
