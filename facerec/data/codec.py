@@ -1,34 +1,127 @@
-"""Image encode/decode with OpenCV, always RGB on the library side.
+"""The one image reader of facerec: encoded bytes or files -> RGB uint8 (H, W, 3), and the encoder.
 
 ``cv2.imdecode`` returns BGR; every decoder here hands back RGB uint8 (H, W, 3) so callers never see BGR
 (the colour-channel confusion users report, ``specs/face-pipelines-survey.md`` section 6 item 3).
-Greyscale and 4-channel inputs come back as 3-channel RGB.
+Greyscale and 4-channel inputs come back as 3-channel RGB (alpha dropped), 16-bit samples are scaled to 8
+bits. OpenCV decodes first; what it cannot read (GIF, ...) goes to Pillow when it is installed.
+
+Untrusted input (``docs/security.md``): the image size is read from the header before anything is decoded
+(PNG IHDR, JPEG SOFn, else Pillow's lazy header parse) and an image of more than :data:`MAX_IMAGE_PIXELS`
+pixels is refused with :class:`ImageTooLargeError`, so a small "decompression bomb" cannot ask for gigabytes.
+``IMAGE_SUFFIXES`` is the one list of file extensions the folder scanners accept.
 """
 from __future__ import annotations
 
+import io
 import os
+import struct
+import warnings
 
 import cv2
 import numpy as np
 
-__all__ = ["decode_rgb", "encode_image", "read_rgb", "IMAGE_SUFFIXES"]
+__all__ = ["decode_rgb", "encode_image", "read_rgb", "image_size", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS",
+           "ImageTooLargeError"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".ppm", ".pbm", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".pgm", ".ppm", ".pbm", ".pnm", ".pfm",
+                  ".tif", ".tiff", ".webp", ".jp2", ".gif", ".sr", ".ras", ".hdr", ".exr")
+MAX_IMAGE_PIXELS = 1 << 26  # 67M pixels (200 MB as RGB); a face image is ~12k
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+class ImageTooLargeError(ValueError):
+    """An image whose header announces more than :data:`MAX_IMAGE_PIXELS` pixels (nothing was decoded)."""
+
+
+def _jpeg_size(buf: bytes) -> tuple[int, int] | None:
+    pos, n = 2, len(buf)
+    while pos + 4 <= n:
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = struct.unpack_from(">H", buf, pos + 2)[0]
+        if marker in _JPEG_SOF:
+            if pos + 9 > n:
+                return None
+            h, w = struct.unpack_from(">HH", buf, pos + 5)
+            return h, w
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def image_size(data) -> tuple[int, int] | None:
+    """(height, width) announced by an encoded image's header, without decoding it; None when unknown."""
+    buf = bytes(data[:65536]) if not isinstance(data, np.ndarray) else data.reshape(-1)[:65536].tobytes()
+    if buf.startswith(_PNG_SIGNATURE) and len(buf) >= 24 and buf[12:16] == b"IHDR":
+        w, h = struct.unpack_from(">II", buf, 16)
+        return h, w
+    if buf.startswith(b"\xff\xd8"):
+        return _jpeg_size(buf)
+    try:
+        from PIL import Image
+    except ImportError:  # Pillow is optional: OpenCV's own 2^30-pixel limit is then the bound
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data if not isinstance(data, np.ndarray) else data.tobytes())) as pil:
+                w, h = pil.size
+        return h, w
+    except Exception:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ... on non-images
+        return None
+
+
+def _check_size(data) -> None:
+    size = image_size(data)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(f"image header announces {size[1]}x{size[0]} = {size[0] * size[1]} pixels, "
+                                 f"more than MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS} (refused, not decoded)")
+
+
+def _decode_pillow(buf: np.ndarray) -> np.ndarray | None:
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(buf.tobytes())) as pil:
+                if pil.size[0] * pil.size[1] > MAX_IMAGE_PIXELS:
+                    return None
+                return np.asarray(pil.convert("RGB"), dtype=np.uint8).copy()
+    except Exception:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ... on garbage
+        return None
 
 
 def decode_rgb(data) -> np.ndarray | None:
     """Encoded image bytes (bytes, bytearray, memoryview or uint8 array) -> RGB uint8 (H, W, 3), or None.
 
-    None means OpenCV could not decode the bytes; callers turn that into an error naming the source.
+    None means neither OpenCV nor Pillow could decode the bytes; callers turn that into an error naming the
+    source. Raises :class:`ImageTooLargeError` (a ValueError) when the header announces more than
+    :data:`MAX_IMAGE_PIXELS` pixels.
     """
     buf = np.frombuffer(data, dtype=np.uint8) if not isinstance(data, np.ndarray) else data.reshape(-1)
     if buf.size == 0:
         return None
+    _check_size(buf)
     if _IMREAD_RGB is not None:
-        return cv2.imdecode(buf, _IMREAD_RGB)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.imdecode(buf, _IMREAD_RGB)
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        img = None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img if img is not None else _decode_pillow(buf)
 
 
 def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
@@ -52,13 +145,20 @@ def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file -> RGB uint8 (H, W, 3). Raises FileNotFoundError / ValueError naming the file."""
+    """Read an image file of any kind OpenCV or Pillow knows -> RGB uint8 (H, W, 3).
+
+    Raises FileNotFoundError naming the file when it is absent, ValueError naming the file (and its size)
+    when it does not decode or is larger than :data:`MAX_IMAGE_PIXELS`.
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise FileNotFoundError(f"image not found: {path}") from None
-    img = decode_rgb(data)
+    try:
+        img = decode_rgb(data)
+    except ImageTooLargeError as err:
+        raise ImageTooLargeError(f"{path}: {err}") from None
     if img is None:
         raise ValueError(f"{path}: not a decodable image ({len(data)} bytes)")
     return img

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from facerec.data.codec import read_rgb
 from facerec.data.megaface import feature_file_path, write_matio
 
 from .features import dist_rank_world, extract_features
@@ -25,18 +26,6 @@ from .features import dist_rank_world, extract_features
 __all__ = ["extract_list", "read_rgb"]
 
 log = logging.getLogger(__name__)
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file -> uint8 RGB (H, W, 3); a missing or undecodable file raises naming it."""
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image not found: {path}")
-        raise ValueError(f"{path}: not a decodable image")
-    return np.ascontiguousarray(img[:, :, ::-1])
 
 
 class _ImageList(torch.utils.data.Dataset):

@@ -17,12 +17,12 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from facerec.data.codec import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
+from facerec.data.codec import read_rgb as read_image_file
+
 __all__ = ["IMAGE_EXTENSIONS", "LoadedImages", "read_image_file", "fit_image", "load_images"]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".pgm", ".ppm", ".pbm", ".pnm", ".pfm",
-                    ".tif", ".tiff", ".webp", ".jp2", ".gif", ".sr", ".ras", ".hdr", ".exr")
 
 
 @dataclasses.dataclass
@@ -39,53 +39,6 @@ class LoadedImages:
     images: np.ndarray
     names: list
     notes: list
-
-
-def _to_rgb8(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = img.astype(np.float64)
-        hi = float(np.nanmax(img)) if img.size else 1.0
-        img = np.clip(np.nan_to_num(img) * (255.0 if hi <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        return np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim == 3 and img.shape[2] == 1:
-        return np.repeat(img, 3, axis=2)
-    if img.ndim == 3 and img.shape[2] in (3, 4):
-        return np.ascontiguousarray(img[:, :, :3])
-    raise ValueError(f"unsupported image layout {img.shape}")
-
-
-def read_image_file(path: Union[str, Path]) -> np.ndarray:
-    """Any image file -> uint8 RGB (H, W, 3).
-
-    Decoded with OpenCV (8/16-bit, greyscale, alpha; PGM, PNG, JPEG, TIFF, WebP, ...), then with
-    Pillow (GIF and the rest). Greyscale is repeated to 3 channels, alpha dropped, 16 bit scaled to 8.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: neither decoder reads it (the message names the file and its size).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is not None:
-        if img.ndim == 3 and img.shape[2] >= 3:
-            img = np.ascontiguousarray(img[:, :, 2::-1] if img.shape[2] == 3 else img[:, :, [2, 1, 0, 3]])
-        try:
-            return _to_rgb8(img)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-    try:
-        from PIL import Image
-
-        with Image.open(path) as pil:
-            return np.asarray(pil.convert("RGB"), dtype=np.uint8).copy()
-    except Exception as err:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise ValueError(f"{path} ({data.size} bytes) is not an image OpenCV or Pillow can decode: {err}") from None
 
 
 def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -158,15 +111,11 @@ def _read_rec(path: Path):
 
 
 def _read_bin(path: Path):
-    from facerec.data.codec import decode_rgb
-    from facerec.data.verification import read_bin_encoded
+    from facerec.data.verification import decode_bin_image, read_bin_encoded
 
     encoded, _ = read_bin_encoded(path)
     for i in range(len(encoded)):
-        image = decode_rgb(encoded[i])
-        if image is None:
-            raise ValueError(f"{path}: image {i} (pair {i // 2}) is not decodable ({len(encoded[i])} bytes)")
-        yield f"{path.stem}#{i}", image
+        yield f"{path.stem}#{i}", decode_bin_image(path, i, encoded[i])
 
 
 def _iter_records(paths: Sequence[Union[str, Path]]):

@@ -106,7 +106,7 @@ def test_read_any_image_file(tmp_path):
     assert read_image_file(tmp_path / "red.png")[0, 0].tolist() == [200, 0, 0]
     assert read_image_file(tmp_path / "deep.png")[0, 0].tolist() == [255, 255, 255]
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(ValueError, match=r"broken\.jpg \(22 bytes\)"):
+    with pytest.raises(ValueError, match=r"broken\.jpg: not a decodable image \(22 bytes\)"):
         read_image_file(tmp_path / "broken.jpg")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         read_image_file(tmp_path / "missing.png")
