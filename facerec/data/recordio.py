@@ -273,35 +273,7 @@ class IndexedRecordReader:
                                 path=self.path, key=key, offset=offset)
         f = self._handle()
         f.seek(offset)
-        parts = []
-        pos = offset
-        while True:
-            head = f.read(8)
-            if len(head) < 8:
-                raise RecordIOError(f"truncated record: chunk header at {pos} cut off by the end of the file",
-                                    path=self.path, key=key, offset=offset)
-            magic, lrec = struct.unpack("<II", head)
-            if magic != RECORDIO_MAGIC:
-                raise RecordIOError(f"bad magic 0x{magic:08x} at byte {pos} (expected 0x{RECORDIO_MAGIC:08x})",
-                                    path=self.path, key=key, offset=offset)
-            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
-            padded = (length + 3) & ~3
-            data = f.read(padded)
-            if len(data) < length:
-                raise RecordIOError(f"truncated record: chunk at {pos} announces {length} bytes, "
-                                    f"{len(data)} remain in the file", path=self.path, key=key, offset=offset)
-            if not parts and cflag not in (0, 1):
-                raise RecordIOError(f"record starts with continuation flag {cflag} (expected 0 or 1)",
-                                    path=self.path, key=key, offset=offset)
-            parts.append(data[:length] if padded != length else data)
-            pos += 8 + padded
-            if cflag in (0, 3):
-                break
-            if cflag not in (1, 2):
-                raise RecordIOError(f"invalid continuation flag {cflag} at byte {pos}",
-                                    path=self.path, key=key, offset=offset)
-            parts.append(_MAGIC_BYTES)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return _read_record(f, offset, self.path, key)[0]
 
     def close(self) -> None:
         if self._file is not None:
@@ -314,29 +286,50 @@ def iter_records(rec_path: str | os.PathLike):
     path = Path(rec_path)
     with open(path, "rb") as f:
         offset = 0
-        parts = []
-        start = 0
         while True:
-            head = f.read(8)
-            if not head and not parts:
+            found = _read_record(f, offset, path, None, at_end_ok=True)
+            if found is None:
                 return
-            if len(head) < 8:
-                raise RecordIOError("truncated record header at the end of the file", path=path, offset=offset)
-            magic, lrec = struct.unpack("<II", head)
-            if magic != RECORDIO_MAGIC:
-                raise RecordIOError(f"bad magic 0x{magic:08x}", path=path, offset=offset)
-            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
-            padded = (length + 3) & ~3
-            data = f.read(padded)
-            if len(data) < length:
-                raise RecordIOError(f"truncated record: announces {length} bytes, {len(data)} remain",
-                                    path=path, offset=offset)
-            if not parts:
-                start = offset
-            parts.append(data[:length])
-            offset += 8 + padded
-            if cflag in (0, 3):
-                yield start, b"".join(parts)
-                parts = []
-            else:
-                parts.append(_MAGIC_BYTES)
+            record, next_offset = found
+            yield offset, record
+            offset = next_offset
+
+
+def _read_record(f, offset: int, path: Path, key, *, at_end_ok: bool = False):
+    """The one chunk parser: read the record whose first chunk starts at ``offset`` (``f`` positioned there).
+
+    Returns ``(record, offset after it)``: split parts reassembled, the magic re-inserted between them. With
+    ``at_end_ok`` a clean end of file before the first chunk returns None. A chunk's length field (at most
+    2^29 - 1) is never trusted beyond the bytes the file holds: ``read`` returns what is there and a short read
+    is an error. RecordIOError names the file, the key (when known) and the record's byte offset.
+    """
+    parts = []
+    pos = offset
+    while True:
+        head = f.read(8)
+        if not head and not parts and at_end_ok:
+            return None
+        if len(head) < 8:
+            raise RecordIOError(f"truncated record: chunk header at {pos} cut off by the end of the file",
+                                path=path, key=key, offset=offset)
+        magic, lrec = struct.unpack("<II", head)
+        if magic != RECORDIO_MAGIC:
+            raise RecordIOError(f"bad magic 0x{magic:08x} at byte {pos} (expected 0x{RECORDIO_MAGIC:08x})",
+                                path=path, key=key, offset=offset)
+        cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+        if not parts and cflag not in (0, 1):
+            raise RecordIOError(f"record starts with continuation flag {cflag} (expected 0 or 1)",
+                                path=path, key=key, offset=offset)
+        if parts and cflag not in (2, 3):
+            raise RecordIOError(f"continuation flag {cflag} at byte {pos} inside a split record (expected 2 or 3)",
+                                path=path, key=key, offset=offset)
+        padded = (length + 3) & ~3
+        data = f.read(padded)
+        if len(data) < length:
+            raise RecordIOError(f"truncated record: chunk at {pos} announces {length} bytes, "
+                                f"{len(data)} remain in the file", path=path, key=key, offset=offset)
+        parts.append(data[:length] if padded != length else data)
+        pos += 8 + padded
+        if cflag in (0, 3):
+            return (parts[0] if len(parts) == 1 else b"".join(parts)), pos
+        parts.append(_MAGIC_BYTES)
