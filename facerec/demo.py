@@ -1,6 +1,6 @@
 """The one-command demo: synthetic faces -> DRConv-MobileFaceNet -> verification -> MegaFace -> masks.
 
-``python -m facerec.demo [--config configs/demo.yaml] [--quick] [--set key=value ...]`` runs the main job of
+``facerec-demo [--config configs/demo.yaml] [--quick] [--set key=value ...]`` runs the main job of
 the project end to end on the embedded synthetic set (nothing is downloaded):
 
 1. generate the synthetic faces into ``data.path`` on first use (train.rec, synth_val.bin, a MegaFace tree);
@@ -13,26 +13,20 @@ the project end to end on the embedded synthetic set (nothing is downloaded):
 
 ``--quick`` shrinks every stage (fewer identities, steps and distractors) for a smoke run in CI; the numbers
 it prints are not meant to be good. The command line itself (argv, printed table) is in facerec.cli.demo.
+Importing this module changes nothing in the process (no environment variables, no files).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import sys
 import time
 from pathlib import Path
-
-# OpenMP threads that spin while waiting stall badly when another process shares the cores (seen here:
-# 2-3 samples/s instead of 10-30 on a busy 2-core machine). Set before torch starts its thread pool;
-# an explicit setting by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch
 
-__all__ = ["main", "run_demo", "QUICK_OVERRIDES"]
+__all__ = ["run_demo", "QUICK_OVERRIDES"]
 
 log = logging.getLogger("facerec.demo")
 
@@ -199,14 +193,3 @@ def format_summary(s: dict) -> str:
     lines += [f"| {a} | {b} | {c if c == '' else f'{c:.0f}'} |" for a, b, c in rows]
     lines.append(f"| total | | {total:.0f} |")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """Command line (``python -m facerec.demo``); it lives in :mod:`facerec.cli.demo`."""
-    from facerec.cli.demo import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

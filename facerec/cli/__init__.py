@@ -1,8 +1,9 @@
-"""Command lines of the library's ``python -m`` entry points.
+"""The console scripts (``[project.scripts]`` in pyproject.toml): argv parsing and printed results.
 
-Each library module with a ``python -m`` entry (``facerec.data.align``, ``.pack``, ``.synthetic``,
-``.verification``, ``facerec.models.complexity``, ``facerec.demo``) keeps a two-line ``main`` that
-delegates here, so the library itself neither parses argv nor prints.
+One module per command, each with ``main(argv=None) -> int`` and runnable as ``python -m facerec.cli.<name>``:
+``train``, ``megaface``, ``masks``, ``verify``, ``export``, ``align``, ``pack``, ``make_bin``, ``synthetic``,
+``demo``, ``complexity`` (installed as ``facerec-<name>``, ``make_bin`` as ``facerec-make-bin``). This package sits on
+top: it imports the library, and nothing in the library imports it (checked by ``lint-imports``).
 """
 
 __all__: list = []

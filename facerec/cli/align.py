@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facerec.data.align", description=_lib.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="facerec-align", description=_lib.__doc__.split("\n\n")[0])
     parser.add_argument("src", help="folder of photos (searched recursively; any size, colour or greyscale)")
     parser.add_argument("dst", help="output folder; relative paths are kept; align_report.tsv is written here")
     parser.add_argument("--size", type=_parse_size, default=(112, 112), help="112x112 (default) or 112x96")
@@ -47,3 +47,7 @@ def main(argv=None) -> int:
     print(f"aligned {summary['aligned']}, centre-cropped {summary['fallback']}, no face {summary['no_face']}, "
           f"unreadable {summary['unreadable']} -> {args.dst} (report: {os.path.basename(summary['report'])})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

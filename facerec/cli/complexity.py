@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 def main(argv: Optional[List[str]] = None) -> int:
     """CLI entry point; see the module docstring."""
-    parser = argparse.ArgumentParser(prog="python -m facerec.models.complexity",
+    parser = argparse.ArgumentParser(prog="facerec-complexity",
                                      description="Parameters and paper-style MADDs of a registry model.")
     parser.add_argument("--model", required=True, choices=list_models())
     parser.add_argument("--input-size", nargs=2, type=int, default=[112, 112], metavar=("H", "W"))
@@ -50,3 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append((name, other))
     print(format_table2(rows))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facerec.data.verification",
+    parser = argparse.ArgumentParser(prog="facerec-make-bin",
                                      description="Build a verification .bin from an image folder + pairs.txt")
     parser.add_argument("folder", help="aligned images: FOLDER/<name>/<name>_<num:04d>.<ext>")
     parser.add_argument("pairs", help="LFW-style pairs file: 'name i j' or 'name_a i name_b j' per line")
@@ -32,3 +32,7 @@ def main(argv=None) -> int:
     print(f"wrote {args.out}: {summary['pairs']} pairs ({summary['positives']} same-person), "
           f"{len(summary['skipped'])} skipped")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

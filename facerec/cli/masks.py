@@ -1,10 +1,10 @@
 """Guided-mask figures of a DRConv model, as the DRConv paper's Fig. 3 (arXiv 2003.12243).
 
-  python visualize_masks.py --checkpoint runs/demo/ckpt_000300.pt --images faces/ --layers all --out figs/masks
-  python visualize_masks.py --checkpoint CKPT --images a.jpg b.pgm data/train.rec lfw.bin --layers 0,8,-1 \\
+  facerec-masks --checkpoint runs/demo/ckpt_00000200.pt --images faces/ --layers all --out figs/masks
+  facerec-masks --checkpoint CKPT --images a.jpg b.pgm data/train.rec lfw.bin --layers 0,8,-1 \\
       --format png,pdf,svg --dpi 600 --out figs/masks
-  python visualize_masks.py --checkpoint CKPT --list-layers
-  python visualize_masks.py --model drconv_mobilefacenet --images faces/ --out figs/untrained   (random weights)
+  facerec-masks --checkpoint CKPT --list-layers
+  facerec-masks --model drconv_mobilefacenet --images faces/ --out figs/untrained   (random weights)
 
 Writes OUT/figure.{png,pdf,svg}, OUT/grid.png, OUT/masks/L??_<layer>.npy and OUT/region_stats.json.
 """
@@ -15,7 +15,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="facerec-masks", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_model(args):
     if args.checkpoint:
-        from facerec.train.checkpoint import load_backbone
+        from facerec.models import load_backbone
 
         return load_backbone(args.checkpoint, map_location=args.device), f"checkpoint {args.checkpoint}"
     from facerec.models import create_model
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         written = render_mask_figure(model, loaded.images, args.out, args.layers, args.format, dpi=args.dpi,
                                      alpha=args.alpha, names=loaded.names, notes=loaded.notes)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"visualize_masks: error: {err}", file=sys.stderr)
+        print(f"facerec-masks: error: {err}", file=sys.stderr)
         return 2
     print(f"{len(loaded.images)} faces x {len(written['masks'])} layers from {source}:")
     for key in ("png", "pdf", "svg", "grid", "stats"):

@@ -1,22 +1,22 @@
 """MegaFace Challenge 1 with the refined lists: ``extract`` features, then ``score`` them (devkit-identical).
 
-    python eval_megaface.py extract --checkpoint CKPT --images ROOT --list LIST.json --out OUT [--format matio|npy]
-    python eval_megaface.py score --probe-list P.json --distractor-list D.json --probe-features X \
+    facerec-megaface extract --checkpoint CKPT --images ROOT --list LIST.json --out OUT [--format matio|npy]
+    facerec-megaface score --probe-list P.json --distractor-list D.json --probe-features X \
         --distractor-features Y [--feature-suffix SUFFIX] [--facescrub-noises F --megaface-noises F] --out DIR
 
-``extract`` runs under torchrun too (each rank takes every world_size-th chunk of the list). Protocol:
-``specs/megaface-protocol.md`` sections 4-6 and 9; the library code is ``facerec.eval.megaface*``.
+``extract`` runs under torchrun too (``torchrun ... eval_megaface.py extract ...``; each rank takes every
+world_size-th chunk of the list). The library code is ``facerec.eval.megaface*``; the protocol is described
+in docs/megaface.md.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="facerec-megaface", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("extract", help="features of every listed image (flip-sum, L2) as a matio tree or .npy")
     e.add_argument("--checkpoint", required=True, help="a facerec training checkpoint (ckpt_*.pt)")
@@ -60,15 +60,12 @@ def _extract(args) -> int:
     from facerec.data.megaface import read_template_list
     from facerec.eval.features import ModelFeatureExtractor
     from facerec.eval.megaface_extract import extract_list
-    from facerec.train.checkpoint import load_backbone
+    from facerec.models import load_backbone
+    from facerec.train.distributed import DistInfo, cleanup_distributed, init_distributed
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = DistInfo.from_env().local_rank
     device = args.device or (f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if world > 1 and not torch.distributed.is_initialized():
-        if device.startswith("cuda"):
-            torch.cuda.set_device(torch.device(device))
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    info = init_distributed("cuda" if device.startswith("cuda") else "cpu")
     try:
         model = load_backbone(args.checkpoint, map_location=device)
         extractor = ModelFeatureExtractor(model, device=device,
@@ -77,11 +74,10 @@ def _extract(args) -> int:
         out = extract_list(extractor, args.images, paths, args.out, fmt=args.format, suffix=args.feature_suffix,
                            batch_size=args.batch_size, workers=args.workers, flip=args.flip,
                            chunk_size=args.chunk_size)
-        if int(os.environ.get("RANK", "0")) == 0:
+        if info.is_main:
             print(f"features of {len(paths)} images -> {out}")
     finally:
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        cleanup_distributed()
     return 0
 
 
@@ -103,7 +99,7 @@ def main(argv=None) -> int:
     try:
         return _extract(args) if args.command == "extract" else _score(args)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"eval_megaface.py {args.command}: error: {exc}", file=sys.stderr)
+        print(f"facerec-megaface {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

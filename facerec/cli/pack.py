@@ -16,7 +16,7 @@ __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facerec.data.pack", description=_lib.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="facerec-pack", description=_lib.__doc__.split("\n\n")[0])
     parser.add_argument("src", help="folder with one sub-folder of aligned images per identity")
     parser.add_argument("out", help="output .rec (the .idx, property and .classes.txt go beside it)")
     parser.add_argument("--size", type=_parse_size, default=(112, 112), help="HxW every image must have")
@@ -34,3 +34,7 @@ def main(argv=None) -> int:
     print(f"packed {summary['images']} images of {summary['classes']} identities -> {summary['rec']} "
           f"(+ {os.path.basename(summary['idx'])}, property, {os.path.basename(summary['classes_file'])})")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,7 @@ __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m facerec.data.synthetic", description=_lib.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="facerec-synthetic", description=_lib.__doc__.split("\n\n")[0])
     parser.add_argument("out", help="output folder (e.g. data/synthetic)")
     for name, value in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
@@ -36,3 +36,7 @@ def main(argv=None) -> int:
     info = json.loads((path / MARKER).read_text(encoding="utf-8"))
     print(f"synthetic dataset ready in {path}: {json.dumps(info.get('summary', {}))}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,9 +1,9 @@
 """Train a face-recognition backbone from a YAML config (DRConv paper section 4.2 recipe).
 
-    python train_face.py --config configs/demo.yaml
-    python train_face.py --config configs/ms1mv2_drconv_mobilefacenet.yaml --set train.amp=bf16
+    facerec-train --config configs/demo.yaml
+    facerec-train --config configs/ms1mv2_drconv_mobilefacenet.yaml --set train.amp=bf16
     torchrun --standalone --nproc_per_node=8 train_face.py --config configs/ms1mv2_drconv_mobilefacenet.yaml
-    python train_face.py --config configs/demo.yaml --resume auto      # continue runs/demo
+    facerec-train --config configs/demo.yaml --resume auto      # continue runs/demo
 
 The run folder (``--out``, default ``runs/<config name>``) receives config.yaml, train.log,
 metrics.jsonl, TensorBoard scalars (when installed) and ckpt_<step>.pt files.
@@ -11,7 +11,6 @@ metrics.jsonl, TensorBoard scalars (when installed) and ckpt_<step>.pt files.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 
@@ -19,7 +18,9 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="facerec-train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--config", required=True, help="YAML file (see configs/)")
     parser.add_argument("--out", help="run folder (default runs/<config name>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from facerec.config import load_config
+    from facerec.train.distributed import DistInfo
     from facerec.train.loop import NonFiniteLossError, train
 
     overrides = list(args.overrides)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if summary["interrupted"]:
         print(f"interrupted at step {summary['step']}; checkpoint {summary['checkpoint']}", file=sys.stderr)
         return 128 + (summary["signal"] or signal.SIGTERM)
-    if os.environ.get("RANK", "0") != "0":
+    if not DistInfo.from_env().is_main:
         return 0
     accs = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if k.endswith("_acc"))
     print(f"done: step {summary['step']}, checkpoint {summary['checkpoint']}" + (f", {accs}" if accs else ""))

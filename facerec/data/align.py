@@ -1,4 +1,4 @@
-"""Five-point face alignment to the ArcFace template; ``python -m facerec.data.align SRC DST --size 112x112``.
+"""Five-point face alignment to the ArcFace template; ``facerec-align SRC DST --size 112x112``.
 
 Landmarks (left eye, right eye, nose tip, left and right mouth corner, in image pixels) are mapped onto the
 ArcFace 112x112 template by a least-squares similarity (rotation + uniform scale + shift, Umeyama 1991, no
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import cv2
@@ -24,7 +23,7 @@ import numpy as np
 from .codec import IMAGE_SUFFIXES, read_rgb
 
 __all__ = ["ARCFACE_TEMPLATE_112", "template_for", "similarity_transform", "align_face", "center_fallback",
-           "MTCNNDetector", "read_landmarks_file", "align_folder", "main"]
+           "MTCNNDetector", "read_landmarks_file", "align_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,14 +206,3 @@ def _parse_size(text: str) -> tuple[int, int]:
     if (h, w) not in ((112, 112), (112, 96)):
         raise argparse.ArgumentTypeError(f"size must be 112x112 or 112x96, got {text!r}")
     return h, w
-
-
-def main(argv=None) -> int:
-    """Command line (``python -m facerec.data.align``); it lives in :mod:`facerec.cli.align`."""
-    from facerec.cli.align import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

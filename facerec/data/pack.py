@@ -1,4 +1,4 @@
-"""Write InsightFace-layout RecordIO datasets; ``python -m facerec.data.pack SRC OUT.rec`` packs an image folder.
+"""Write InsightFace-layout RecordIO datasets; ``facerec-pack SRC OUT.rec`` packs an image folder.
 
 Layout written (``specs/face-pipelines-survey.md`` section 2.3), readable by :class:`RecordDataset`, mxnet and
 arcface_torch: key 0 = header (flag 2, labels ``[N+1, N+1+C]``), keys ``1..N`` = images grouped by identity
@@ -7,20 +7,19 @@ arcface_torch: key 0 = header (flag 2, labels ``[N+1, N+1+C]``), keys ``1..N`` =
 folder, and ``OUT.classes.txt`` (label -> source folder name) for packed folders.
 
 CLI: every sub-folder of SRC is one identity (sorted names -> labels 0..C-1); images must already be aligned
-to ``--size`` (``python -m facerec.data.align`` does that). JPEG files of the right size are stored
+to ``--size`` (``facerec-align`` does that). JPEG files of the right size are stored
 byte-for-byte, anything else (PNG, greyscale, ...) is re-encoded as JPEG ``--quality``.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from .codec import decode_rgb, encode_image
 from .recordio import IndexedRecordWriter, IRHeader, pack_header
 
-__all__ = ["FaceRecWriter", "pack_folder", "main"]
+__all__ = ["FaceRecWriter", "pack_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ def pack_folder(src, out_rec, *, size=(112, 112), quality: int = 95, skip_bad: b
         img = decode_rgb(data)
         if img is None or img.shape[:2] != tuple(size):
             reason = "not decodable" if img is None else f"is {img.shape[0]}x{img.shape[1]}, expected " \
-                f"{size[0]}x{size[1]} (align it first: python -m facerec.data.align)"
+                f"{size[0]}x{size[1]} (align it first: facerec-align)"
             if not skip_bad:
                 raise ValueError(f"{path}: {reason}")
             skipped.append(f"{path}: {reason}")
@@ -137,14 +136,3 @@ def pack_folder(src, out_rec, *, size=(112, 112), quality: int = 95, skip_bad: b
     return {"images": len(good), "classes": len(used), "skipped": skipped, "rec": str(out_rec),
             "idx": str(out_rec.with_suffix(".idx")), "property": str(out_rec.parent / "property"),
             "classes_file": str(classes_path)}
-
-
-def main(argv=None) -> int:
-    """Command line (``python -m facerec.data.pack``); it lives in :mod:`facerec.cli.pack`."""
-    from facerec.cli.pack import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The embedded synthetic face dataset, written in the formats users bring (``python -m facerec.data.synthetic OUT``).
+"""The embedded synthetic face dataset, written in the formats users bring (``facerec-synthetic OUT``).
 
 Faces come from :mod:`facerec.data.synthetic_faces`. Identities are disjoint between the parts:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from .pack import FaceRecWriter
 from .synthetic_faces import render_face, sample_identity
 from .verification import write_bin
 
-__all__ = ["DEFAULTS", "generate", "ensure_synthetic", "main"]
+__all__ = ["DEFAULTS", "generate", "ensure_synthetic"]
 
 logger = logging.getLogger(__name__)
 
@@ -251,14 +250,3 @@ def ensure_synthetic(out_dir, *, progress: bool | None = None, **kwargs) -> Path
             pass
         logger.info("%s holds a synthetic set with other parameters; regenerating", out)
     return generate(out, progress=progress, **p)
-
-
-def main(argv=None) -> int:
-    """Command line (``python -m facerec.data.synthetic``); it lives in :mod:`facerec.cli.synthetic`."""
-    from facerec.cli.synthetic import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,12 +15,11 @@ shortcut and the argmax are not counted):
 
 CLI::
 
-    python -m facerec.models.complexity --model drconv_mobilefacenet --input-size 112 96 [--json]
+    facerec-complexity --model drconv_mobilefacenet --input-size 112 96 [--json]
 
 prints the per-stage table of the model and Table 2 of the DRConv paper with our figure beside the paper's;
 with ``--json`` one JSON object with ``params`` and ``madds`` (plain integers), ``paper_madds`` and the stages.
 """
-import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -30,7 +29,7 @@ import torch.nn as nn
 from .registry import PAPER_TABLE2_MADDS
 
 __all__ = ["LayerCost", "Complexity", "count_complexity", "stage_of", "format_stage_table",
-           "format_table2", "main"]
+           "format_table2"]
 
 
 @dataclass
@@ -213,14 +212,3 @@ def format_table2(rows: List[Tuple[str, Complexity]]) -> str:
         h, w = cost.input_size
         lines.append(f"| {name} | {h}x{w} | {_m(cost.params)} | {_m(cost.madds)} | {paper_s} | {ratio} |")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """Command line (``python -m facerec.models.complexity``); it lives in :mod:`facerec.cli.complexity`."""
-    from facerec.cli.complexity import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

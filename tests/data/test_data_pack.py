@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from facerec.data import RecordDataset
-from facerec.data.pack import FaceRecWriter, main, pack_folder
+from facerec.cli.pack import main
+from facerec.data.pack import FaceRecWriter, pack_folder
 from facerec.data.recordio import IndexedRecordReader, unpack_header
 
 
@@ -62,7 +63,7 @@ def test_face_rec_writer_checks_order_and_counts(tmp_path):
 
 def test_own_photos_end_to_end_on_real_faces(shared_data, tmp_path):
     """ORL photos (92x112 greyscale PGM, one folder per person) -> align (centre fallback) -> pack -> dataset."""
-    from facerec.data.align import main as align_main
+    from facerec.cli.align import main as align_main
 
     src = shared_data / "orl-att-faces"
     assert align_main([str(src), str(tmp_path / "aligned"), "--detector", "none", "--fallback", "center"]) == 0

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from facerec.data import RecordDataset
+from facerec.cli import synthetic as synthetic_cli
 from facerec.data import synthetic
 from facerec.data.megaface import read_noise_list, read_template_list
 from facerec.data.synthetic import ensure_synthetic, generate
@@ -91,7 +92,7 @@ def test_bad_parameters(tmp_path):
 def test_cli(tmp_path, capsys):
     args = [str(tmp_path / "cli"), "--num-identities", "2", "--images-per-identity", "2", "--val-identities", "2",
             "--val-images-per-identity", "2", "--val-pairs", "2", "--no-megaface"]
-    assert synthetic.main(args) == 0
+    assert synthetic_cli.main(args) == 0
     assert "synthetic dataset ready" in capsys.readouterr().out
     assert RecordDataset(tmp_path / "cli" / "train.rec").num_classes == 2
 

@@ -8,8 +8,8 @@ import pytest
 
 from facerec.data import RecordDataset
 from facerec.data.codec import encode_image
-from facerec.data.verification import (build_bin_from_pairs, main, read_bin, read_bin_encoded, read_pairs_txt,
-                                       write_bin)
+from facerec.cli.make_bin import main
+from facerec.data.verification import build_bin_from_pairs, read_bin, read_bin_encoded, read_pairs_txt, write_bin
 
 
 def _imgs(n, seed=0):

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from facerec.demo import format_summary, main
+from facerec.cli.demo import main
+from facerec.demo import format_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 

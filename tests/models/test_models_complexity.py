@@ -4,7 +4,7 @@ import json
 import pytest
 
 from facerec.models import PAPER_TABLE2_MADDS, count_complexity, create_model
-from facerec.models.complexity import main
+from facerec.cli.complexity import main
 
 
 def _cost(name, size=(112, 96), **kw):
