@@ -68,6 +68,9 @@ def image_size(data) -> tuple[int, int] | None:
         return h, w
     if buf.startswith(b"\xff\xd8"):
         return _jpeg_size(buf)
+    if buf[:6] in (b"GIF87a", b"GIF89a") and len(buf) >= 10:
+        w, h = struct.unpack_from("<HH", buf, 6)
+        return h, w
     try:
         from PIL import Image
     except ImportError:  # Pillow is optional: OpenCV's own 2^30-pixel limit is then the bound
@@ -116,11 +119,16 @@ def decode_rgb(data) -> np.ndarray | None:
     if buf.size == 0:
         return None
     _check_size(buf)
-    if _IMREAD_RGB is not None:
-        img = cv2.imdecode(buf, _IMREAD_RGB)
-    else:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        img = None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:
+        if _IMREAD_RGB is not None:
+            img = cv2.imdecode(buf, _IMREAD_RGB)
+        else:
+            img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            img = None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    except cv2.error as err:  # OpenCV asserts on some malformed headers instead of returning None
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
+            raise ImageTooLargeError(f"OpenCV refused the image size: {str(err).strip()[-120:]}") from None
+        img = None
     return img if img is not None else _decode_pillow(buf)
 
 

@@ -123,7 +123,7 @@ class RecordDataset(_TrainSampleMixin, Dataset):
         self.keys = keys
         if len(keys) and keys[0] == 0:
             header, payload = self._unpack(0)
-            if header.flag >= 2 and (len(payload) == 0 or decode_rgb(payload) is None):
+            if header.flag >= 2 and (len(payload) == 0 or self._decode(0, payload) is None):
                 first_id, end_id = (int(v) for v in header.label[:2])
                 if not 1 <= first_id <= end_id:
                     raise RecordIOError(f"header record labels {header.label[:2].tolist()} are not "
@@ -146,6 +146,12 @@ class RecordDataset(_TrainSampleMixin, Dataset):
         except ValueError as err:
             raise RecordIOError(str(err), path=self.path, key=key, offset=self.reader.offset_of(key)) from None
 
+    def _decode(self, key: int, payload):
+        try:
+            return decode_rgb(payload)
+        except ValueError as err:  # ImageTooLargeError: the header announces a decompression bomb
+            raise RecordIOError(str(err), path=self.path, key=key, offset=self.reader.offset_of(key)) from None
+
     def read_key(self, key: int) -> tuple[np.ndarray, int]:
         """Record ``key`` -> (RGB uint8 (H, W, 3), int label); errors name the file, key and byte offset."""
         header, payload = self._unpack(key)
@@ -154,7 +160,7 @@ class RecordDataset(_TrainSampleMixin, Dataset):
         if not 0 <= label < self.num_classes:
             raise RecordIOError(f"label {label} out of range [0, {self.num_classes}) (num_classes from "
                                 f"{self.property_path})", path=self.path, key=key, offset=self.reader.offset_of(key))
-        img = decode_rgb(payload)
+        img = self._decode(key, payload)
         if img is None:
             raise RecordIOError(f"undecodable image ({len(payload)} bytes)", path=self.path, key=key,
                                 offset=self.reader.offset_of(key))

@@ -1,5 +1,9 @@
 """MegaFace devkit files: template lists (JSON), matio feature files, InsightFace noise lists.
 
+Listed paths are relative to an image or feature root; one that is absolute, holds a ``..`` component or a
+NUL byte is refused (ValueError naming the list and the entry), so a list cannot make a reader or the
+feature writer reach outside its root (``docs/security.md``).
+
 Formats follow ``specs/megaface-protocol.md`` section 3 and ``specs/face-pipelines-survey.md`` section 2.5:
 
 * template list: ``{"path": [...], "id": [...]}`` (probe list) or ``{"path": [...]}`` (distractor list);
@@ -23,7 +27,7 @@ import numpy as np
 __all__ = [
     "write_template_list", "read_template_list", "write_noise_list", "read_noise_list",
     "write_matio", "read_matio", "read_matio_vector", "feature_file_path", "read_feature_tree",
-    "write_feature_tree", "FeatureFileError", "parse_matio",
+    "write_feature_tree", "FeatureFileError", "parse_matio", "check_listed_path",
 ]
 
 _HEADER = struct.Struct("<iiii")
@@ -47,6 +51,20 @@ class FeatureFileError(ValueError):
             parts.append(f"{len(wrong)} feature file(s) unreadable or of the wrong dimension, first: "
                          f"{wrong[0][0]} ({wrong[0][1]})")
         super().__init__("; ".join(parts))
+
+
+def check_listed_path(listed_path: str, source="a list", index=None) -> str:
+    """``listed_path`` if it stays under its root (relative, no ``..``, no NUL); else ValueError naming
+    ``source`` and ``index``."""
+    where = f"{source}" + (f": entry {index}" if index is not None else "")
+    if not isinstance(listed_path, str):
+        raise TypeError(f"{where}: a listed path must be a string, got {type(listed_path).__name__}")
+    parts = listed_path.replace("\\", "/").split("/")
+    if (not listed_path or "\0" in listed_path or listed_path.startswith(("/", "\\")) or ".." in parts
+            or (len(listed_path) > 1 and listed_path[1] == ":")):
+        raise ValueError(f"{where}: listed path {listed_path[:120]!r} must be relative to its root, without "
+                         f"'..' (refused: it would reach outside the image/feature folder)")
+    return listed_path
 
 
 def write_template_list(path: str | Path, paths: Sequence[str], ids: Sequence[str] | None = None) -> None:
@@ -77,6 +95,7 @@ def read_template_list(path: str | Path) -> tuple[list[str], list[str] | None]:
     for i, p in enumerate(paths):
         if not isinstance(p, str):
             raise ValueError(f'{path}: "path"[{i}] must be a string, got {p!r}')
+        check_listed_path(p, f'{path}: "path"[{i}]')
     ids = data.get("id")
     if ids is not None:
         if not isinstance(ids, list) or len(ids) != len(paths):
@@ -166,8 +185,9 @@ def read_matio_vector(path: str | Path) -> np.ndarray:
 
 
 def feature_file_path(root: str | Path, listed_path: str, suffix: str) -> Path:
-    """The devkit location of one feature: ``<root>/<listed path><suffix>``."""
-    return Path(root) / (listed_path + suffix)
+    """The devkit location of one feature: ``<root>/<listed path><suffix>``; ValueError when the listed path
+    would leave ``root`` (see :func:`check_listed_path`)."""
+    return Path(root) / (check_listed_path(listed_path, f"feature path under {root}") + suffix)
 
 
 def read_feature_tree(root: str | Path, paths: Sequence[str], suffix: str, dim: int | None = None,

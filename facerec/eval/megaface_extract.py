@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from facerec.data.codec import read_rgb
-from facerec.data.megaface import feature_file_path, write_matio
+from facerec.data.megaface import check_listed_path, feature_file_path, write_matio
 
 from .features import dist_rank_world, extract_features
 
@@ -69,6 +69,8 @@ def extract_list(extractor: Callable, image_root: str | Path, paths: Sequence[st
         raise ValueError(f"fmt must be 'matio' or 'npy', got {fmt!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    for i, p in enumerate(paths):
+        check_listed_path(p, "extract_list paths", i)
     root, out = Path(image_root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"image root not found: {root}")
