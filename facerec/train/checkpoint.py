@@ -22,7 +22,7 @@ import torch
 from facerec.models.loading import load_backbone  # re-exported: the one loader lives with the models
 
 __all__ = [
-    "FORMAT_VERSION", "capture_rng_state", "checkpoint_path", "find_resume_checkpoint",
+    "FORMAT_VERSION", "CheckpointWriteError", "capture_rng_state", "checkpoint_path", "find_resume_checkpoint",
     "list_checkpoints", "load_backbone", "load_checkpoint", "restore_rng_state", "save_checkpoint",
 ]
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+_TMP_NAME = re.compile(r"^\.ckpt_\d+\.pt\.tmp-\d+$")
 _REQUIRED = ("format_version", "model", "config", "step")
 
 
@@ -47,11 +48,29 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, I/O error); the previous checkpoints are untouched.
+
+    ``last_good`` is the newest complete checkpoint left in the folder (None when there is none).
+    """
+
+    def __init__(self, message: str, last_good: Path | None):
+        super().__init__(message)
+        self.last_good = last_good
+
+
+def _unfinished_writes(out_dir: Path) -> list[Path]:
+    return sorted(p for p in out_dir.iterdir() if _TMP_NAME.match(p.name)) if out_dir.is_dir() else []
+
+
 def save_checkpoint(state: dict, out_dir: str | Path, step: int, keep: int) -> Path:
     """Write ``state`` atomically as ``ckpt_<step>.pt`` and delete all but the newest ``keep``.
 
     The file is first written to a hidden temporary name in the same folder, flushed to disk, then
-    renamed over the final name, so a crash never leaves a half-written ``ckpt_*.pt``.
+    renamed over the final name, so a crash never leaves a half-written ``ckpt_*.pt``. When the write
+    fails (a full disk, an I/O error) the temporary file is removed, no older checkpoint is pruned and
+    :class:`CheckpointWriteError` says which checkpoint a resumed run will start from. Temporary files
+    left by a run killed while writing are removed after the next successful write.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,9 +82,20 @@ def save_checkpoint(state: dict, out_dir: str | Path, step: int, keep: int) -> P
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
+    except (OSError, RuntimeError) as exc:  # OSError from the file; torch's zip writer turns it into RuntimeError
+        done = [p for p in list_checkpoints(out_dir) if p != final]
+        last = done[-1] if done else None
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final} ({type(exc).__name__}: {exc}); the partial file was removed "
+            f"and no older checkpoint was deleted. "
+            + (f"The last good checkpoint is {last}; free space and rerun with resume to continue from it."
+               if last else "There is no earlier checkpoint in this folder."), last) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+    for stale in _unfinished_writes(out_dir):
+        log.warning("removing %s: an unfinished checkpoint write of a run that stopped while writing", stale)
+        stale.unlink(missing_ok=True)
     for old in list_checkpoints(out_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return final
@@ -97,12 +127,20 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 
 
 def find_resume_checkpoint(out_dir: str | Path, map_location: Any = "cpu") -> tuple[Path, dict] | None:
-    """Newest readable checkpoint in ``out_dir`` (unreadable ones are skipped with a warning)."""
+    """Newest readable checkpoint in ``out_dir`` (unreadable ones are skipped with a warning; unfinished
+    writes of a run killed while saving are reported and ignored)."""
+    unfinished = _unfinished_writes(Path(out_dir))
+    if unfinished:
+        log.warning("%s holds %d unfinished checkpoint write(s) (%s): a run stopped while saving; they are "
+                    "ignored", out_dir, len(unfinished), ", ".join(p.name for p in unfinished))
     for path in reversed(list_checkpoints(out_dir)):
         try:
-            return path, load_checkpoint(path, map_location)
+            found = path, load_checkpoint(path, map_location)
         except ValueError as exc:
             log.warning("skipping checkpoint: %s", exc)
+            continue
+        log.info("resuming from %s (the newest complete checkpoint in %s)", path, out_dir)
+        return found
     return None
 
 
