@@ -120,6 +120,7 @@ def _mask_faces(tree: Path, count: int) -> tuple[np.ndarray, list[str]]:
 def run_demo(cfg, *, mask_faces: int = 4, eval_batch_size: int = 128, megaface_flip: bool = False) -> dict:
     """Run every stage for the resolved ``cfg`` (a ``facerec.config.Config``); returns the summary dict."""
     from facerec.data.synthetic import ensure_synthetic
+    from facerec.data.transforms import crop_to_input_size
     from facerec.train.loop import train
     from facerec.viz.figures import render_mask_figure
 
@@ -145,9 +146,7 @@ def run_demo(cfg, *, mask_faces: int = 4, eval_batch_size: int = 128, megaface_f
         mf = _megaface(backbone, cfg.model.input_size, tree, out / "megaface", eval_batch_size, megaface_flip)
     with _timed("masks", timings):
         faces, names = _mask_faces(tree, mask_faces)
-        if tuple(faces.shape[1:3]) != tuple(cfg.model.input_size):
-            from facerec.data.transforms import center_crop_112x96
-            faces = center_crop_112x96(faces)
+        faces = crop_to_input_size(faces, cfg.model.input_size)
         fig = render_mask_figure(backbone, faces, out / "masks", layers="all", formats=("png", "pdf"),
                                  dpi=150, names=names)
     summary = {

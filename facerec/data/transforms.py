@@ -100,15 +100,21 @@ def center_crop_112x96(images):
     raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
 
 
-def crop_to_input_size(image: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """Channels-last uint8 image (H, W, 3) -> ``input_size`` (h, w): identity, or the 112x96 centre crop.
+def crop_to_input_size(images: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """Channels-last uint8 image (H, W, 3) or batch (N, H, W, 3) -> ``input_size`` (h, w) on the H, W axes:
+    identity, or the 112x96 centre crop (:func:`center_crop_112x96`) of 112x112 images.
 
+    The one place that decides how an image reaches a model's input size (training sets, evaluation).
     Raises ValueError for any other size pair.
     """
-    h, w = image.shape[:2]
-    if (h, w) == tuple(input_size):
-        return image
-    if (h, w) == (112, 112) and tuple(input_size) == (112, 96):
-        return image[:, 8:104]
-    raise ValueError(f"image is {h}x{w}; input_size {tuple(input_size)} needs {tuple(input_size)} or "
-                     f"112x112 (centre-cropped to 112x96)")
+    if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
+        shape = images.shape if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"images must be a numpy (H, W, C) image or (N, H, W, C) batch, got {shape}")
+    h, w = images.shape[-3:-1]
+    want = tuple(int(s) for s in input_size)
+    if (h, w) == want:
+        return images
+    if (h, w) == (112, 112) and want == (112, 96):
+        return center_crop_112x96(images)
+    raise ValueError(f"images are {h}x{w}; input size {want[0]}x{want[1]} needs {want[0]}x{want[1]} images "
+                     f"(or 112x112 ones, centre-cropped, for 112x96)")

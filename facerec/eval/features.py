@@ -63,20 +63,14 @@ class ModelFeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, images) -> np.ndarray:
-        from facerec.data.transforms import center_crop_112x96, normalize
+        from facerec.data.transforms import crop_to_input_size, normalize
 
         if isinstance(images, torch.Tensor):
             images = images.cpu().numpy()
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got shape {images.shape}")
-        hw = tuple(images.shape[1:3])
-        if hw != self.input_size:
-            if hw == (112, 112) and self.input_size == (112, 96):
-                images = center_crop_112x96(images)
-            else:
-                raise ValueError(f"images are {hw[0]}x{hw[1]}; a model with input_size {self.input_size} takes "
-                                 f"{self.input_size[0]}x{self.input_size[1]} (or 112x112 for 112x96 models)")
+        images = crop_to_input_size(images, self.input_size)
         x = normalize(np.ascontiguousarray(images)).to(self.device)
         out = self.model(x)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
@@ -94,10 +88,6 @@ def _as_numpy(feats, n: int) -> np.ndarray:
     return feats
 
 
-def _flip_lr(batch: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(batch[:, :, ::-1, :])
-
-
 def _extract_batches(extractor: Callable, batches: Iterable, flip: bool, normalize: bool) -> np.ndarray:
     outs = []
     for batch in batches:
@@ -110,7 +100,9 @@ def _extract_batches(extractor: Callable, batches: Iterable, flip: bool, normali
         if n == 0:
             continue
         if flip:
-            both = _as_numpy(extractor(np.concatenate([batch, _flip_lr(batch)])), 2 * n)
+            from facerec.data.transforms import hflip
+
+            both = _as_numpy(extractor(np.concatenate([batch, hflip(batch)])), 2 * n)
             f = both[:n] + both[n:]
         else:
             f = _as_numpy(extractor(batch), n)

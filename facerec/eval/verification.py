@@ -1,24 +1,25 @@
 """Pair verification with the 10-fold protocol of insightface ``arcface_torch`` (LFW, CFP-FP, AgeDB-30).
 
-Protocol (../shared/specs/face-pipelines-survey.md section 2.4): embeddings are L2-normalised (the
-flip variant sums the embeddings of the image and its horizontal mirror first), the distance of a
-pair is the squared Euclidean distance, the pairs are cut into ``nfolds`` contiguous folds (no
-shuffling, as ``KFold(shuffle=False)``), and for each fold the threshold from ``arange(0, 4, 0.01)``
-with the best accuracy on the other folds is applied to it. Reported: mean +- std of the per-fold
-accuracies and the mean chosen threshold, with and without flip. The maths are pure numpy
-functions; :func:`verify` runs a FeatureExtractor over a set (``facerec.eval.features``).
-Unlike arcface_torch, an empty fold or set raises instead of printing 0, and both readings are kept.
+Protocol (as arcface_torch's ``verification.py``): embeddings are L2-normalised (the flip variant sums the
+embeddings of the image and its horizontal mirror first), the distance of a pair is the squared Euclidean
+distance, the pairs are cut into ``nfolds`` contiguous folds by scikit-learn's ``KFold(shuffle=False)``, and
+for each fold the threshold from ``arange(0, 4, 0.01)`` with the best accuracy on the other folds is applied
+to it. Reported: mean +- std of the per-fold accuracies and the mean chosen threshold, with and without flip,
+and the TAR at a given FAR over the whole set (scikit-learn's ``roc_curve``, :func:`tar_at_far`). The maths
+are numpy / scikit-learn functions; :func:`verify` runs a FeatureExtractor over a set
+(``facerec.eval.features``). Unlike arcface_torch, an empty fold or set raises instead of printing 0, and both
+readings are kept.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "DEFAULT_THRESHOLDS", "PairScores", "VerificationResult", "evaluate_pairs", "kfold_splits",
-    "pair_distances", "verify",
+    "pair_distances", "tar_at_far", "verify",
 ]
 
 DEFAULT_THRESHOLDS = np.arange(0.0, 4.0, 0.01)
@@ -43,10 +44,15 @@ class PairScores:
 
 @dataclass(frozen=True)
 class VerificationResult:
-    """Both readings of one pair set: with flip (the figure usually quoted) and without."""
+    """Both readings of one pair set: with flip (the figure usually quoted) and without.
+
+    ``tar``: {FAR: TAR} of the flip reading over all pairs (:func:`tar_at_far`), for the FARs asked of
+    :func:`verify`.
+    """
     flip: PairScores
     noflip: PairScores
     num_pairs: int
+    tar: dict[float, float] = field(default_factory=dict)
 
     def as_dict(self, prefix: str = "") -> dict[str, Any]:
         """Flat scalars: ``{prefix}acc``, ``acc_std``, ``threshold``, ``acc_noflip``, ..."""
@@ -59,17 +65,37 @@ class VerificationResult:
 
 
 def kfold_splits(n: int, nfolds: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Contiguous folds as ``sklearn.model_selection.KFold(nfolds, shuffle=False)``.
+    """Contiguous folds: ``sklearn.model_selection.KFold(nfolds, shuffle=False)`` over ``range(n)``.
 
     The first ``n % nfolds`` folds hold one extra item. Returns ``[(train_idx, test_idx), ...]``.
     """
+    from sklearn.model_selection import KFold
+
     if not 2 <= nfolds <= n:
         raise ValueError(f"nfolds must be in [2, number of pairs={n}], got {nfolds}")
-    sizes = np.full(nfolds, n // nfolds, dtype=np.int64)
-    sizes[: n % nfolds] += 1
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    idx = np.arange(n)
-    return [(np.concatenate([idx[:lo], idx[hi:]]), idx[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return list(KFold(n_splits=nfolds, shuffle=False).split(np.arange(n)))
+
+
+def tar_at_far(distances: np.ndarray, issame: np.ndarray, far: float) -> float:
+    """True accept rate at the largest threshold whose false accept rate is at most ``far``.
+
+    ``distances`` (P,) of pairs (smaller = more alike), ``issame`` (P,) bool. The ROC is scikit-learn's
+    ``roc_curve`` over all pairs (no folds). Returns 0.0 when no threshold reaches the FAR (e.g. too few
+    impostor pairs: FAR 1e-3 needs at least 1,000 for one false accept).
+    """
+    from sklearn.metrics import roc_curve
+
+    issame = np.asarray(issame, dtype=bool).reshape(-1)
+    distances = np.asarray(distances, dtype=np.float64).reshape(-1)
+    if distances.shape != issame.shape:
+        raise ValueError(f"{distances.shape[0]} distances but {issame.shape[0]} issame entries")
+    if issame.all() or not issame.any():
+        raise ValueError("TAR at FAR needs both genuine and impostor pairs")
+    if not 0.0 < far < 1.0:
+        raise ValueError(f"far must be in (0, 1), got {far}")
+    fpr, tpr, _ = roc_curve(issame, -distances)
+    ok = fpr <= far
+    return float(tpr[ok].max()) if ok.any() else 0.0
 
 
 def pair_distances(embeddings: np.ndarray) -> np.ndarray:
@@ -134,13 +160,15 @@ def evaluate_pairs(embeddings: np.ndarray, issame: np.ndarray, *, nfolds: int = 
 
 
 def _batches(images: np.ndarray, batch_size: int, mirror: bool):
+    from facerec.data.transforms import hflip
+
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        yield np.ascontiguousarray(batch[:, :, ::-1, :]) if mirror else batch
+        yield hflip(batch) if mirror else batch
 
 
 def verify(extractor, images: np.ndarray, issame: np.ndarray, *, batch_size: int = 256,
-           nfolds: int = 10) -> VerificationResult:
+           nfolds: int = 10, fars: tuple[float, ...] = ()) -> VerificationResult:
     """Score one .bin set through a FeatureExtractor, with and without flip.
 
     As arcface_torch, each image and its mirror are embedded once; the no-flip reading normalises
@@ -154,6 +182,7 @@ def verify(extractor, images: np.ndarray, issame: np.ndarray, *, batch_size: int
         issame: (P,) bool.
         batch_size: images per extractor call.
         nfolds: folds of the protocol.
+        fars: false accept rates at which the TAR of the flip reading is reported (``result.tar``).
     """
     from facerec.eval.features import extract_features
 
@@ -167,6 +196,8 @@ def verify(extractor, images: np.ndarray, issame: np.ndarray, *, batch_size: int
     kw = dict(batch_size=batch_size, flip=False, normalize=False)
     plain = extract_features(extractor, _batches(images, batch_size, False), **kw)
     mirrored = extract_features(extractor, _batches(images, batch_size, True), **kw)
-    return VerificationResult(flip=evaluate_pairs(plain + mirrored, issame, nfolds=nfolds),
+    fused = plain + mirrored
+    tar = {far: tar_at_far(pair_distances(fused), issame, far) for far in fars}
+    return VerificationResult(flip=evaluate_pairs(fused, issame, nfolds=nfolds),
                               noflip=evaluate_pairs(plain, issame, nfolds=nfolds),
-                              num_pairs=len(issame))
+                              num_pairs=len(issame), tar=tar)

@@ -112,3 +112,21 @@ def test_verify_with_a_model_extractor():
     images[1::2] = images[0::2]
     result = verify(ModelFeatureExtractor(model, "cpu", (16, 16)), images, np.ones(20, bool), nfolds=4)
     assert result.num_pairs == 20 and result.flip.accuracy == 1.0 and result.noflip.accuracy == 1.0
+
+
+def test_tar_at_far_matches_a_loop_over_thresholds():
+    from facerec.eval.verification import tar_at_far
+
+    rng = np.random.default_rng(3)
+    issame = np.arange(4000) % 2 == 0
+    dist = np.where(issame, rng.normal(1.0, 0.3, 4000), rng.normal(2.0, 0.3, 4000))
+    for far in (1e-3, 1e-2, 0.1):
+        best = 0.0
+        for t in np.unique(dist):  # accept iff dist <= t
+            accept = dist <= t
+            if np.mean(accept[~issame]) <= far:
+                best = max(best, float(np.mean(accept[issame])))
+        assert tar_at_far(dist, issame, far) == pytest.approx(best)
+    assert tar_at_far(np.r_[0.0, 1.0], np.r_[True, False], 1e-3) == 1.0
+    with pytest.raises(ValueError, match="both genuine and impostor"):
+        tar_at_far(np.r_[0.0, 1.0], np.r_[True, True], 1e-3)
