@@ -135,7 +135,8 @@ def read_noise_list(path: str | Path) -> list[str]:
 
 def write_matio(path: str | Path, array) -> None:
     """Write a vector (D,) as a D x 1 column, or a matrix (rows, cols), in the matio format (float32 unless
-    the input is float64). Written atomically (temporary file + rename)."""
+    the input is float64). Written atomically (temporary file + rename): ``path`` is either complete or
+    absent, also when the write fails (the OSError propagates)."""
     a = np.asarray(array)
     if a.ndim == 1:
         a = a.reshape(-1, 1)
@@ -145,10 +146,14 @@ def write_matio(path: str | Path, array) -> None:
     a = np.ascontiguousarray(a, dtype=dtype)
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(_HEADER.pack(a.shape[0], a.shape[1], a.shape[1] * dtype.itemsize, _CODES[dtype]))
-        f.write(a.tobytes())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(_HEADER.pack(a.shape[0], a.shape[1], a.shape[1] * dtype.itemsize, _CODES[dtype]))
+            f.write(a.tobytes())
+        os.replace(tmp, path)
+    finally:  # a failed write (full disk) leaves neither a partial file nor the temporary one
+        if tmp.exists():
+            tmp.unlink()
 
 
 def parse_matio(buf: bytes, path) -> np.ndarray:

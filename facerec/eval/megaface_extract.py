@@ -5,7 +5,8 @@ L2-normalise(f(img) + f(mirrored img)), write ``<out>/<listed path><suffix>`` (d
 one float32 ``.npy`` whose rows follow the list. Work is split into chunks of the list; under torchrun chunk i
 belongs to rank ``i % world_size``. Finished chunks are skipped on a rerun (resumable): a matio chunk is done
 when all its files exist (each written atomically), a packed chunk when its part file exists; rank 0 joins
-the parts into the final ``.npy`` at the end.
+the parts into the final ``.npy`` at the end. A write that fails (a full disk) leaves no partial file and
+raises an OSError saying which chunk failed and that a rerun resumes there; finished chunks are kept.
 """
 from __future__ import annotations
 
@@ -109,15 +110,14 @@ def extract_list(extractor: Callable, image_root: str | Path, paths: Sequence[st
             if bar is not None:
                 bar.update(len(batch_names))
         feats = np.concatenate(feats) if feats else np.zeros((0, 0), np.float32)
-        if fmt == "matio":
-            for name, vec in zip(names, feats):
-                fp = feature_file_path(out, name, suffix)
-                fp.parent.mkdir(parents=True, exist_ok=True)
-                write_matio(fp, vec)
-        else:
-            tmp = parts / f"chunk_{i:07d}.tmp{os.getpid()}.npy"
-            np.save(tmp, feats.astype(np.float32))
-            os.replace(tmp, parts / f"chunk_{i:07d}.npy")
+        try:
+            _write_chunk(fmt, out, parts, i, names, feats, suffix)
+        except OSError as exc:
+            finished = len(mine) - len(todo) + todo.index((i, s, e))
+            raise OSError(exc.errno, f"could not write the features of chunk {i} (list entries {s}..{e - 1}) "
+                          f"under {out}: {exc.strerror or exc}. Every feature file or part already written "
+                          f"is complete ({finished} finished chunks kept); free space and rerun with the same "
+                          f"arguments to resume from chunk {i}.") from exc
     if bar is not None:
         bar.close()
     if fmt == "npy":
@@ -130,18 +130,43 @@ def extract_list(extractor: Callable, image_root: str | Path, paths: Sequence[st
     return out
 
 
+def _write_chunk(fmt: str, out: Path, parts: Path, i: int, names, feats: np.ndarray, suffix: str) -> None:
+    """One chunk's features: matio files (each atomic) or one part ``.npy`` (temporary file + rename)."""
+    if fmt == "matio":
+        for name, vec in zip(names, feats):
+            fp = feature_file_path(out, name, suffix)
+            fp.parent.mkdir(parents=True, exist_ok=True)
+            write_matio(fp, vec)
+        return
+    tmp = parts / f"chunk_{i:07d}.tmp{os.getpid()}.npy"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, feats.astype(np.float32))
+        os.replace(tmp, parts / f"chunk_{i:07d}.npy")
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _join_parts(parts: Path, out: Path, n_chunks: int, n: int) -> None:
     arrays = [np.load(parts / f"chunk_{i:07d}.npy", mmap_mode="r") for i in range(n_chunks)]
     dim = arrays[0].shape[1] if arrays else 0
+    rows = sum(len(a) for a in arrays)
+    if rows != n:
+        raise ValueError(f"{parts}: the parts hold {rows} rows, the list has {n}")
     tmp = out.with_name(out.name + f".tmp{os.getpid()}.npy")
-    full = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, dim))
-    row = 0
-    for a in arrays:
-        full[row:row + len(a)] = a
-        row += len(a)
-    if row != n:
-        raise ValueError(f"{parts}: the parts hold {row} rows, the list has {n}")
-    full.flush()
-    del full
-    os.replace(tmp, out)
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                    "shape": (n, dim)})
+            for a in arrays:
+                f.write(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise OSError(exc.errno, f"could not write {out} from its parts: {exc.strerror or exc}. The parts in "
+                      f"{parts} are kept; free space and rerun with the same arguments to join them.") from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     shutil.rmtree(parts)
