@@ -4,10 +4,10 @@ Kept out of the library module, which neither parses argv nor prints.
 """
 from __future__ import annotations
 
-from typing import List
-from typing import Optional
 import argparse
 import json
+import sys
+from typing import List, Optional
 
 from facerec.models.complexity import count_complexity, format_stage_table, format_table2
 from facerec.models.registry import PAPER_TABLE2_MADDS, create_model, list_models

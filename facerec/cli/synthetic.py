@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 import facerec.data.synthetic as _lib
 from facerec.data.synthetic import DEFAULTS, MARKER, ensure_synthetic, generate

@@ -182,7 +182,8 @@ def verify(extractor, images: np.ndarray, issame: np.ndarray, *, batch_size: int
         issame: (P,) bool.
         batch_size: images per extractor call.
         nfolds: folds of the protocol.
-        fars: false accept rates at which the TAR of the flip reading is reported (``result.tar``).
+        fars: false accept rates at which the TAR of the flip reading is reported (``result.tar``; NaN for a
+            set without both genuine and impostor pairs).
     """
     from facerec.eval.features import extract_features
 
@@ -197,7 +198,8 @@ def verify(extractor, images: np.ndarray, issame: np.ndarray, *, batch_size: int
     plain = extract_features(extractor, _batches(images, batch_size, False), **kw)
     mirrored = extract_features(extractor, _batches(images, batch_size, True), **kw)
     fused = plain + mirrored
-    tar = {far: tar_at_far(pair_distances(fused), issame, far) for far in fars}
+    both_kinds = bool(issame.any() and not issame.all())  # TAR at FAR needs genuine and impostor pairs
+    tar = {far: tar_at_far(pair_distances(fused), issame, far) if both_kinds else float("nan") for far in fars}
     return VerificationResult(flip=evaluate_pairs(fused, issame, nfolds=nfolds),
                               noflip=evaluate_pairs(plain, issame, nfolds=nfolds),
                               num_pairs=len(issame), tar=tar)

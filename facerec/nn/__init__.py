@@ -1,7 +1,8 @@
 """facerec.nn: DRConv (Chen et al., CVPR 2021) and its comparator layers; imports torch only.
 
-Public API: DRConv2d, CondConv2d, LocallyConnected2d, create_pointwise_conv, pointwise_factory, POINTWISE_KINDS,
-guide_modules, and the maths in ``facerec.nn.functional`` (region_conv2d) and ``facerec.nn.basis_functional`` (basis_mix).
+Public API: DRConv2d, CondConv2d, LocallyConnected2d, create_pointwise_conv, pointwise_factory,
+POINTWISE_KINDS, guide_modules, and the maths in ``facerec.nn.functional`` (region_conv2d) and
+``facerec.nn.basis_functional`` (basis_mix).
 """
 from facerec.nn import functional
 from facerec.nn.condconv import CondConv2d
