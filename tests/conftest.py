@@ -15,3 +15,8 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA} is absent (it sits beside the checkout)")
     return SHARED_DATA
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true", default=False,
+                     help="tests/fuzz: many thousand mutated inputs per reader instead of the CI few hundred")

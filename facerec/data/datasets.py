@@ -124,7 +124,7 @@ class RecordDataset(_TrainSampleMixin, Dataset):
         if len(keys) and keys[0] == 0:
             header, payload = self._unpack(0)
             if header.flag >= 2 and (len(payload) == 0 or self._decode(0, payload) is None):
-                first_id, end_id = (int(v) for v in header.label[:2])
+                first_id, end_id = (self._int_label(v, 0) for v in header.label[:2])
                 if not 1 <= first_id <= end_id:
                     raise RecordIOError(f"header record labels {header.label[:2].tolist()} are not "
                                         f"[N+1, N+1+C] with N >= 0", path=self.path, key=0,
@@ -134,7 +134,8 @@ class RecordDataset(_TrainSampleMixin, Dataset):
                 missing = np.setdiff1d(self.keys, keys[(keys >= 1) & (keys < first_id)])
                 if missing.size:
                     raise RecordIOError(f"header says images are keys 1..{first_id - 1} but the index lacks "
-                                        f"{missing.size} of them (first: {int(missing[0])})", path=self.reader.idx_path)
+                                        f"{missing.size} of them (first missing: key {int(missing[0])})",
+                                        path=self.reader.idx_path)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -146,6 +147,12 @@ class RecordDataset(_TrainSampleMixin, Dataset):
         except ValueError as err:
             raise RecordIOError(str(err), path=self.path, key=key, offset=self.reader.offset_of(key)) from None
 
+    def _int_label(self, value, key: int) -> int:
+        if not np.isfinite(value):
+            raise RecordIOError(f"label {value} is not a finite number", path=self.path, key=key,
+                                offset=self.reader.offset_of(key))
+        return int(value)
+
     def _decode(self, key: int, payload):
         try:
             return decode_rgb(payload)
@@ -155,8 +162,7 @@ class RecordDataset(_TrainSampleMixin, Dataset):
     def read_key(self, key: int) -> tuple[np.ndarray, int]:
         """Record ``key`` -> (RGB uint8 (H, W, 3), int label); errors name the file, key and byte offset."""
         header, payload = self._unpack(key)
-        label = header.label[0] if header.flag > 0 else header.label
-        label = int(label)
+        label = self._int_label(header.label[0] if header.flag > 0 else header.label, key)
         if not 0 <= label < self.num_classes:
             raise RecordIOError(f"label {label} out of range [0, {self.num_classes}) (num_classes from "
                                 f"{self.property_path})", path=self.path, key=key, offset=self.reader.offset_of(key))
@@ -177,7 +183,7 @@ class RecordDataset(_TrainSampleMixin, Dataset):
         """Label of sample ``i`` without decoding the image."""
         key = int(self.keys[i])
         header, _ = self._unpack(key)
-        return int(header.label[0] if header.flag > 0 else header.label)
+        return self._int_label(header.label[0] if header.flag > 0 else header.label, key)
 
     def scan_labels(self) -> np.ndarray:
         """Labels of every sample (int64, len N), read from the record headers (no decoding); cached."""

@@ -194,7 +194,10 @@ def _parse_index_fast(data: bytes):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        values = np.fromstring(text, dtype=np.int64, sep=" ") if lines else np.empty(0, np.int64)
+        try:
+            values = np.fromstring(text, dtype=np.int64, sep=" ") if lines else np.empty(0, np.int64)
+        except ValueError:  # numpy >= 2.3 raises on unparsable text; the line parser names the line
+            return None
     if values.size != 2 * lines:
         return None
     return values[0::2].copy(), values[1::2].copy()
@@ -300,11 +303,11 @@ def _read_record(f, offset: int, path: Path, key, *, at_end_ok: bool = False):
 
     Returns ``(record, offset after it)``: split parts reassembled, the magic re-inserted between them. With
     ``at_end_ok`` a clean end of file before the first chunk returns None. A chunk's length field (at most
-    2^29 - 1) is never trusted beyond the bytes the file holds: ``read`` returns what is there and a short read
-    is an error. RecordIOError names the file, the key (when known) and the record's byte offset.
+    2^29 - 1) is checked against the bytes left in the file before anything is read or allocated. RecordIOError names the file, the key (when known) and the record's byte offset.
     """
     parts = []
     pos = offset
+    file_size = os.fstat(f.fileno()).st_size
     while True:
         head = f.read(8)
         if not head and not parts and at_end_ok:
@@ -324,6 +327,9 @@ def _read_record(f, offset: int, path: Path, key, *, at_end_ok: bool = False):
             raise RecordIOError(f"continuation flag {cflag} at byte {pos} inside a split record (expected 2 or 3)",
                                 path=path, key=key, offset=offset)
         padded = (length + 3) & ~3
+        if pos + 8 + length > file_size:  # checked before reading: read(n) would first allocate n bytes
+            raise RecordIOError(f"truncated record: chunk at {pos} announces {length} bytes, "
+                                f"{max(file_size - pos - 8, 0)} remain in the file", path=path, key=key, offset=offset)
         data = f.read(padded)
         if len(data) < length:
             raise RecordIOError(f"truncated record: chunk at {pos} announces {length} bytes, "

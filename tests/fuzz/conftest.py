@@ -1,0 +1,39 @@
+"""Fuzz suite settings: a few hundred inputs per reader by default (derandomised, so CI is repeatable),
+``--fuzz-long`` for many thousands with fresh randomness; a per-reader tally printed at the end and written
+to ``$FACEREC_FUZZ_REPORT`` (JSON) when that variable is set."""
+import json
+import os
+
+import pytest
+from fuzzkit import TALLY
+from hypothesis import HealthCheck, settings
+
+CI_EXAMPLES = 200
+LONG_EXAMPLES = 5000
+
+
+@pytest.fixture
+def fuzz_settings(request):
+    """``fuzz_settings(scale=1.0)`` -> hypothesis settings for one reader (``scale`` shrinks slow readers)."""
+    long = request.config.getoption("--fuzz-long")
+
+    def make(scale: float = 1.0):
+        n = max(20, int((LONG_EXAMPLES if long else CI_EXAMPLES) * scale))
+        return settings(max_examples=n, deadline=None, database=None, derandomize=not long,
+                        suppress_health_check=list(HealthCheck), print_blob=True)
+
+    return make
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not TALLY:
+        return
+    terminalreporter.section("reader fuzzing: inputs that kept the contract")
+    for reader, (survived, returned, seconds) in sorted(TALLY.items()):
+        terminalreporter.write_line(f"{reader:<22} {survived:>6} inputs  ({returned} read, {survived - returned} "
+                                    f"refused with the documented error)  {seconds:6.1f} s in the reader")
+    report = os.environ.get("FACEREC_FUZZ_REPORT")
+    if report:
+        with open(report, "w") as f:
+            json.dump({r: {"survived": s, "returned": k, "refused": s - k, "seconds": round(t, 2)}
+                       for r, (s, k, t) in sorted(TALLY.items())}, f, indent=1)
