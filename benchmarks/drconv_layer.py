@@ -26,7 +26,8 @@ from torch import nn
 
 from facerec.nn import DRConv2d
 
-SHAPES = ((64, 128, 56), (128, 128, 14), (128, 512, 14), (128, 512, 7), (128, 128, 7))
+SHAPES = ((64, 128, 56), (128, 64, 28), (64, 256, 28), (128, 128, 14), (128, 512, 14), (128, 512, 7),
+          (128, 128, 7))
 
 
 class AllOutputsDRConv(nn.Module):
@@ -117,6 +118,7 @@ def main() -> None:
     m, r = args.regions, args.num_bases
     variants = [
         ("paper", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="paper")),
+        ("paper gather", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="paper", paper_path="gather")),
         ("basis gather", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="basis", num_bases=r,
                                                 basis_path="gather")),
         ("basis dense", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="basis", num_bases=r,

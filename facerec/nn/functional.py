@@ -143,38 +143,54 @@ class _RegionConvFunction(torch.autograd.Function):
         return grad_input, grad_filters, grad_guide, None, None, None
 
 
+def project_back(batch: int, pixels: int, regions: int, out_channels: int, ck: int, filters_for,
+                 dy_rows: Tensor, rows: Tensor | None, mask: Tensor, need_eq7: bool, max_chunk: int | None = None,
+                 side_by_side: bool = True) -> tuple[Tensor, Tensor | None]:
+    """T_j(p) = W_bj^T dY_p for all j, in chunks of samples.
+
+    ``filters_for(start, stop)`` gives the filters of samples [start, stop): laid side by side, (size, O, m*Ck),
+    when ``side_by_side``, else stacked, (size*m, O, Ck) (then dY is repeated per region). dy_rows (B*L, O),
+    rows (B*L, Ck) (needed for Eq.7), mask (B*L,). Returns the input-gradient rows (B*L, Ck) (the own region's
+    slice of T) and, when asked, Eq.7 g (B*L, m) with g_j(p) = <T_j(p), X_p> = <dY_p, (W_j X)_p>.
+    """
+    per_sample = max(1, pixels * regions * ck)
+    chunk = max(1, min(batch, _EQ7_CHUNK_ELEMENTS // per_sample, max_chunk or batch))
+    dy = dy_rows.view(batch, pixels, out_channels)
+    grad_rows = dy_rows.new_empty(batch * pixels, ck)
+    eq7 = dy_rows.new_empty(batch * pixels, regions) if need_eq7 else None
+    for start in range(0, batch, chunk):
+        stop, size = min(start + chunk, batch), min(chunk, batch - start)
+        lo, hi = start * pixels, stop * pixels
+        if side_by_side:
+            t = torch.bmm(dy[start:stop], filters_for(start, stop)).view(size, pixels, regions, ck)
+        else:
+            dy_rep = dy[start:stop].unsqueeze(1).expand(-1, regions, -1, -1).reshape(
+                size * regions, pixels, out_channels)
+            t = torch.bmm(dy_rep, filters_for(start, stop))
+            t = t.view(size, regions, pixels, ck).transpose(1, 2)
+        own = mask[lo:hi].view(size, pixels, 1, 1).expand(-1, -1, 1, ck)
+        grad_rows[lo:hi] = t.gather(2, own).view(hi - lo, ck)
+        if need_eq7:
+            eq7[lo:hi] = (t * rows[lo:hi].view(size, pixels, 1, ck)).sum(-1).view(hi - lo, regions)
+    return grad_rows, eq7
+
+
 def _project_back(geo: _Geometry, filters: Tensor, dy_rows: Tensor, rows: Tensor | None, mask: Tensor,
                   need_eq7: bool) -> tuple[Tensor, Tensor | None]:
-    """T_j(p) = W_j^T dY_p for all j, in sample chunks.
-
-    Returns the input-gradient rows (B * L, C k^2) (own region of T) and, when asked, Eq.7
-    g (B * L, m) with g_j(p) = <T_j(p), X_p> = <dY_p, (W_j X)_p>.
-    """
-    per_sample = max(1, geo.pixels * geo.regions * geo.ck)
-    chunk = max(1, min(geo.batch, _EQ7_CHUNK_ELEMENTS // per_sample))
+    """``project_back`` with materialised filters (B, m, O, C, kh, kw)."""
     stacked = filters.reshape(geo.batch, geo.regions, geo.out_channels, geo.ck)
-    dy = dy_rows.view(geo.batch, geo.pixels, geo.out_channels)
-    grad_rows = dy_rows.new_empty(geo.batch * geo.pixels, geo.ck)
-    eq7 = dy_rows.new_empty(geo.batch * geo.pixels, geo.regions) if need_eq7 else None
     # One bmm gives every T_j. Either the filters are laid side by side, (B, O, m*Ck) (a copy of the filters),
     # or dY is repeated per region (a copy of m*L*O per sample): copy whichever is smaller.
     repeat_dy = geo.pixels < geo.ck
-    for start in range(0, geo.batch, chunk):
-        stop, size = min(start + chunk, geo.batch), min(chunk, geo.batch - start)
-        lo, hi = start * geo.pixels, stop * geo.pixels
+
+    def filters_for(start: int, stop: int) -> Tensor:
+        part = stacked[start:stop]
         if repeat_dy:
-            dy_rep = dy[start:stop].unsqueeze(1).expand(-1, geo.regions, -1, -1).reshape(
-                size * geo.regions, geo.pixels, geo.out_channels)
-            t = torch.bmm(dy_rep, stacked[start:stop].reshape(size * geo.regions, geo.out_channels, geo.ck))
-            t = t.view(size, geo.regions, geo.pixels, geo.ck).transpose(1, 2)
-        else:
-            w = stacked[start:stop].permute(0, 2, 1, 3).reshape(size, geo.out_channels, -1)
-            t = torch.bmm(dy[start:stop], w).view(size, geo.pixels, geo.regions, geo.ck)
-        own = mask[lo:hi].view(size, geo.pixels, 1, 1).expand(-1, -1, 1, geo.ck)
-        grad_rows[lo:hi] = t.gather(2, own).view(hi - lo, geo.ck)
-        if need_eq7:
-            eq7[lo:hi] = (t * rows[lo:hi].view(size, geo.pixels, 1, geo.ck)).sum(-1).view(hi - lo, geo.regions)
-    return grad_rows, eq7
+            return part.reshape(-1, geo.out_channels, geo.ck)
+        return part.permute(0, 2, 1, 3).reshape(stop - start, geo.out_channels, -1)
+
+    return project_back(geo.batch, geo.pixels, geo.regions, geo.out_channels, geo.ck, filters_for, dy_rows, rows,
+                        mask, need_eq7, side_by_side=not repeat_dy)
 
 
 def _check_inputs(input: Tensor, filters: Tensor, guide: Tensor, stride, padding, dilation) -> None:

@@ -102,6 +102,23 @@ class PaperFilterGenerator(nn.Module):
             nn.init.uniform_(shared, -math.sqrt(3.0) * bias_std, math.sqrt(3.0) * bias_std)
             self.expand.bias.view(self.regions, -1).copy_(shared.expand(self.regions, -1))
 
+    def coefficients(self, x: Tensor) -> Tensor:
+        """s (B, m, t) = sigmoid(squeeze(GAP(x))) per region group (1x1 kernels, t = h / m)."""
+        if self.kernel_size != (1, 1):
+            raise ValueError(f"coefficients() is for 1x1 kernels, this generator has {self.kernel_size}")
+        hidden = torch.sigmoid(self.squeeze(self.pool(x)))
+        return hidden.view(x.shape[0], self.regions, self.hidden_channels // self.regions)
+
+    def static_kernels(self) -> tuple[Tensor, Tensor]:
+        """(A (m, O, C), V (m, t, O, C)) with filter_bj = A_j + sum_t s_bjt V_jt (1x1 kernels; views)."""
+        if self.kernel_size != (1, 1):
+            raise ValueError(f"static_kernels() is for 1x1 kernels, this generator has {self.kernel_size}")
+        m, o, c = self.regions, self.out_channels, self.in_channels
+        terms = self.hidden_channels // m
+        static = self.expand.bias.view(m, o, c)
+        dynamic = self.expand.weight.view(m, o, c, terms).permute(0, 3, 1, 2)
+        return static, dynamic
+
     def forward(self, x: Tensor) -> Tensor:
         hidden = torch.sigmoid(self.squeeze(self.pool(x)))
         flat = self.expand(hidden)
