@@ -38,10 +38,14 @@ STACKED_EQ7_MAX_PIXELS_PER_REGION = 8
 
 
 def _use_grouped_mm(*tensors: Tensor) -> bool:
+    """One torch._grouped_mm call (no host sync) where it runs: CPU float32/bf16/fp16 with 16-byte aligned
+    strides, CUDA bf16 on compute capability 9.0+. Elsewhere (float64, older GPUs, CUDA float32) the m region
+    GEMMs are plain mm calls: m calls per pass, not B*m, and one host sync for the region sizes."""
     t = tensors[0]
-    if t.device.type != "cpu":
-        return False    # CUDA: _grouped_mm needs sm90+ and bf16 on most builds; m plain GEMMs are large anyway
-    return all(_grouped_mm_ok(x.dtype, x.shape[-1], x.shape[-1]) and _aligned(x) for x in tensors)
+    aligned = all(_grouped_mm_ok(x.dtype, x.shape[-1], x.shape[-1]) and _aligned(x) for x in tensors)
+    if t.device.type == "cuda":
+        return aligned and t.dtype == torch.bfloat16 and torch.cuda.get_device_capability(t.device) >= (9, 0)
+    return aligned and t.device.type == "cpu"
 
 
 def _region_matmul(rows: Tensor, weights: Tensor, counts: list[int] | None, offs: Tensor) -> Tensor:
