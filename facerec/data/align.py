@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .codec import IMAGE_SUFFIXES, read_rgb
+from .textfile import read_text
 
 __all__ = ["ARCFACE_TEMPLATE_112", "template_for", "similarity_transform", "align_face", "center_fallback",
            "MTCNNDetector", "read_landmarks_file", "align_folder"]
@@ -112,18 +113,20 @@ def read_landmarks_file(path) -> dict[str, np.ndarray]:
     """Text file, one image per line: ``relative/path x1 y1 x2 y2 x3 y3 x4 y4 x5 y5`` (tabs or spaces;
     order: left eye, right eye, nose, left mouth corner, right mouth corner) -> {path: (5, 2)}."""
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields or fields[0].startswith("#"):
-                continue
-            try:
-                if len(fields) != 11:
-                    raise ValueError
-                out[Path(fields[0]).as_posix()] = np.asarray([float(v) for v in fields[1:]]).reshape(5, 2)
-            except ValueError:
-                raise ValueError(f"{path}: line {lineno}: expected 'path x1 y1 ... x5 y5' (11 fields), got "
-                                 f"{line.strip()[:80]!r}") from None
+    for lineno, line in enumerate(read_text(path, "landmarks file").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            if len(fields) != 11:
+                raise ValueError
+            points = np.asarray([float(v) for v in fields[1:]]).reshape(5, 2)
+            if not np.isfinite(points).all():
+                raise ValueError
+            out[Path(fields[0]).as_posix()] = points
+        except ValueError:
+            raise ValueError(f"{path}: line {lineno}: expected 'path x1 y1 ... x5 y5' (11 fields, finite "
+                             f"numbers), got {line.strip()[:80]!r}") from None
     return out
 
 

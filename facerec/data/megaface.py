@@ -24,6 +24,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .textfile import read_text
+
 __all__ = [
     "write_template_list", "read_template_list", "write_noise_list", "read_noise_list",
     "write_matio", "read_matio", "read_matio_vector", "feature_file_path", "read_feature_tree",
@@ -115,10 +117,7 @@ def read_noise_list(path: str | Path) -> list[str]:
     """Read a noise list -> entries in file order (duplicates kept). ``#`` and blank lines are skipped;
     a tab-separated line contributes its 2nd field (the path)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"noise list not found: {path}") from None
+    text = read_text(path, "noise list")
     out = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from .codec import IMAGE_SUFFIXES, decode_rgb, encode_image
+from .megaface import check_listed_path
+from .textfile import read_text
 
 __all__ = ["read_bin", "read_bin_encoded", "decode_bin_image", "write_bin", "read_pairs_txt",
            "build_bin_from_pairs", "MAX_DECODED_BYTES"]
@@ -141,8 +143,9 @@ class _RefusedGlobal(ValueError):
 
 def _scan_opcodes(data: bytes, path: Path) -> None:
     """Walk the opcodes without executing any; refuse unknown opcodes and globals, lengths past the end."""
+    stream = io.BytesIO(data)
     try:
-        for op, arg, pos in pickletools.genops(data):
+        for op, arg, pos in pickletools.genops(stream):
             if op.name not in _DATA_OPCODES:
                 raise ValueError(f"{path}: byte offset {pos}: refused pickle opcode {op.name} (a verification "
                                  f".bin holds only data; nothing was executed)")
@@ -155,9 +158,10 @@ def _scan_opcodes(data: bytes, path: Path) -> None:
     except ValueError as err:
         if str(err).startswith(str(path)):
             raise
-        raise ValueError(f"{path}: not a readable pickle ({err})") from None
+        raise ValueError(f"{path}: not a readable pickle at byte offset {stream.tell()} ({err})") from None
     except Exception as err:  # genops raises ValueError mostly, but also e.g. UnicodeDecodeError, struct.error
-        raise ValueError(f"{path}: not a readable pickle ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a readable pickle at byte offset {stream.tell()} "
+                         f"({type(err).__name__}: {err})") from None
 
 
 def _as_bytes(item, path: Path, i: int) -> bytes:
@@ -275,27 +279,30 @@ def read_pairs_txt(path: str | os.PathLike) -> list[tuple[str, int, str, int]]:
     """LFW-style pairs file -> [(name_a, num_a, name_b, num_b)].
 
     Lines ``name i j`` (same person) or ``name_a i name_b j`` (different); tabs or spaces; numbers may be
-    written as floats (``672.``). A leading ``folds pairs`` header line is skipped. Errors name the line.
+    written as floats (``672.``). A leading ``folds pairs`` header line is skipped. Errors name the line;
+    a name that is absolute or holds ``..`` is refused (it would reach outside the image folder).
     """
     path = Path(path)
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
+    for lineno, line in enumerate(read_text(path, "pairs file").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) == 2 and lineno == 1 and all(v.isdigit() for v in fields):
                 continue
-            try:
-                if len(fields) == 2 and lineno == 1 and all(v.isdigit() for v in fields):
-                    continue
-                if len(fields) == 3:
-                    pairs.append((fields[0], int(float(fields[1])), fields[0], int(float(fields[2]))))
-                elif len(fields) == 4:
-                    pairs.append((fields[0], int(float(fields[1])), fields[2], int(float(fields[3]))))
-                else:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"{path}: line {lineno}: expected 'name i j' or 'name_a i name_b j', "
-                                 f"got {line.strip()[:80]!r}") from None
+            if len(fields) == 3:
+                pair = (fields[0], int(float(fields[1])), fields[0], int(float(fields[2])))
+            elif len(fields) == 4:
+                pair = (fields[0], int(float(fields[1])), fields[2], int(float(fields[3])))
+            else:
+                raise ValueError
+        except (ValueError, OverflowError):  # int(float("inf")) overflows
+            raise ValueError(f"{path}: line {lineno}: expected 'name i j' or 'name_a i name_b j', "
+                             f"got {line.strip()[:80]!r}") from None
+        for name in (pair[0], pair[2]):  # a name is a folder under the image root, never a way out of it
+            check_listed_path(name, f"{path}: line {lineno}")
+        pairs.append(pair)
     return pairs
 
 

@@ -45,8 +45,8 @@ class PackedFeatures:
                 self.offset = f.tell()
         except FileNotFoundError:
             raise FileNotFoundError(f"packed feature file not found: {self.path}") from None
-        except ValueError as exc:
-            raise ValueError(f"{self.path}: not a .npy file ({exc})") from None
+        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, TokenError, ...
+            raise ValueError(f"{self.path}: not a .npy file ({type(exc).__name__}: {exc})") from None
         if len(shape) != 2 or fortran or dtype not in (np.dtype("<f4"), np.dtype("<f8")):
             raise ValueError(f"{self.path}: packed features must be a C-order little-endian float32/float64 "
                              f"(N, D) array, got shape {shape}, dtype {dtype}, fortran_order={fortran}")
