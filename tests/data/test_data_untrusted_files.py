@@ -111,3 +111,22 @@ def test_extract_list_refuses_escaping_paths_before_writing(tmp_path):
 def test_ordinary_listed_paths_pass():
     for ok in ["Adam_Brody/Adam_Brody_1.png", "000/000001@N00/123_0.jpg", "a..b/c.jpg", "x.jpg"]:
         assert check_listed_path(ok) == ok
+
+
+def test_text_lists_report_bad_bytes_and_escaping_names(tmp_path):
+    from facerec.data.align import read_landmarks_file
+    from facerec.data.megaface import read_noise_list
+    from facerec.data.verification import read_pairs_txt
+
+    (tmp_path / "noise.txt").write_bytes(b"# c\nA_1.png\nB_\x80.png\n")
+    with pytest.raises(ValueError, match=r"noise\.txt: line 3 \(byte offset 14\): not UTF-8 text"):
+        read_noise_list(tmp_path / "noise.txt")
+    (tmp_path / "pairs.txt").write_text("Abel 1 2\n../../etc 1 2\n")
+    with pytest.raises(ValueError, match=r"pairs\.txt: line 2: listed path '\.\./\.\./etc' must be relative"):
+        read_pairs_txt(tmp_path / "pairs.txt")
+    (tmp_path / "pairs.txt").write_text("Abel 1 2\nAbel inf 2\n")
+    with pytest.raises(ValueError, match=r"pairs\.txt: line 2: expected"):
+        read_pairs_txt(tmp_path / "pairs.txt")
+    (tmp_path / "marks.txt").write_text("a.png 1 2 3 4 5 6 7 8 9 10\nb.png 1 2 3 nan 5 6 7 8 9 10\n")
+    with pytest.raises(ValueError, match=r"marks\.txt: line 2: .*finite"):
+        read_landmarks_file(tmp_path / "marks.txt")
