@@ -36,7 +36,7 @@ final training loss, and the training CPU time per step as a ratio to mobileface
 whole study are printed above the table.
 
 Usage:
-    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/real_faces.py \\
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/orl_faces.py \\
         [--seeds 0,1,2] [--steps N] [--batch B] [--variants a,b] [--split per-seed|fixed] \\
         [--align auto|mtcnn|center] [--out table.md|results.json] [--quick]
 """

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/real_faces.py: identity split, leave-one-out rank-1, config overrides, table; real ORL
+"""Tests of benchmarks/orl_faces.py: identity split, leave-one-out rank-1, config overrides, table; real ORL
 data (../shared/data/orl-att-faces) only through the ``shared_data`` fixture, which skips when it is absent."""
 import importlib.util
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "real_faces.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "orl_faces.py"
 
 
 @pytest.fixture(scope="module")

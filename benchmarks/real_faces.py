@@ -1,0 +1,234 @@
+"""Real-face study: the four Table 2 MobileFaceNet variants trained on ``real-faces-323/train``, scored on ``val/``.
+
+Data (``../shared/data/real-faces-323``, or ``--data``): aligned 112x112 JPEG photos, one folder per person;
+``train/`` 283 identities (8,495 images), ``val/`` 40 other identities (1,049 images). Only ``val/`` is scored.
+
+Recipe (one for every variant; the shipped ``configs/ms1mv2_<variant>.yaml`` with these overrides): 112x96 input
+(centre crop), AM-Softmax s=30 m=0.35, SGD momentum 0.9, the MobileFaceNet weight-decay split, batch 64, lr 0.1
+after a linear warm-up of ``--warmup`` steps, divided by 10 at 70% and 90% of ``--steps``, random flips, 1 thread
+per run (two runs fill two cores), no verification during training. Training goes through the project's runner
+(``facerec.train.loop.train``), so a killed run resumes from its last checkpoint (every quarter of the steps).
+
+Scoring, deterministic and documented (``val_protocol``):
+
+* features: flip-sum fusion, L2-normalised (``facerec.eval.features``), of every ``val/`` image;
+* pairs: every genuine pair of ``val/`` and every impostor pair (about 13k and 537k): TAR at FAR 1e-3 over all
+  of them; 10-fold accuracy (``facerec.eval.verification.evaluate_pairs``, thresholds chosen on 9 folds) on a
+  balanced set of 3,000 genuine + 3,000 impostor pairs drawn once with ``numpy.random.default_rng(0)``;
+* rank-1 identification: leave-one-out, each image a probe against the 1,048 others (correct when its cosine
+  nearest neighbour is the same person).
+
+Resumable and splittable: every (variant, seed) run writes ``<out>/<variant>_s<seed>/result.json`` when done and
+is skipped when that file exists; ``--only K/N`` runs every N-th run starting at K, so N processes share a study;
+``--report`` gathers whatever results exist into a table (mean +- sample std over seeds, each seed's value, CPU
+seconds per step relative to mobilefacenet) without training.
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 OMP_WAIT_POLICY=PASSIVE \\
+        .venv/bin/python benchmarks/real_faces.py --out runs/real_faces --only 0/2 &   # and --only 1/2
+    .venv/bin/python benchmarks/real_faces.py --out runs/real_faces --report [--json results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from facerec.config import load_config  # noqa: E402
+
+__all__ = ["VARIANTS", "DEFAULT_RUNS", "val_protocol", "rank1_leave_one_out", "study_config", "score", "summarize",
+           "format_table", "main"]
+
+VARIANTS = ("mobilefacenet", "drconv_mobilefacenet", "condconv_mobilefacenet", "local_mobilefacenet")
+# (variant, seed) in the order they run: two seeds of the plain and DRConv models, one of the others.
+DEFAULT_RUNS = (("mobilefacenet", 0), ("drconv_mobilefacenet", 0), ("mobilefacenet", 1),
+                ("drconv_mobilefacenet", 1), ("condconv_mobilefacenet", 0), ("local_mobilefacenet", 0))
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "real-faces-323"
+INPUT_SIZE = (112, 96)
+BALANCED_PAIRS = 3000
+
+
+def val_protocol(labels: np.ndarray, seed: int = 0) -> dict:
+    """Pairs of the val set: all genuine / impostor index pairs, and the balanced 10-fold set.
+
+    labels (N,) int -> {"genuine": (G, 2), "impostor": (I, 2), "balanced": (2K, 2), "balanced_issame": (2K,)};
+    the balanced set alternates genuine and impostor pairs so every contiguous fold holds both.
+    """
+    i, j = np.triu_indices(len(labels), k=1)
+    same = labels[i] == labels[j]
+    genuine = np.stack([i[same], j[same]], 1)
+    impostor = np.stack([i[~same], j[~same]], 1)
+    rng = np.random.default_rng(seed)
+    k = min(BALANCED_PAIRS, len(genuine), len(impostor))
+    g = genuine[np.sort(rng.choice(len(genuine), k, replace=False))]
+    n = impostor[np.sort(rng.choice(len(impostor), k, replace=False))]
+    balanced = np.empty((2 * k, 2), dtype=np.int64)
+    balanced[0::2], balanced[1::2] = g, n
+    issame = np.zeros(2 * k, dtype=bool)
+    issame[0::2] = True
+    return {"genuine": genuine, "impostor": impostor, "balanced": balanced, "balanced_issame": issame}
+
+
+def rank1_leave_one_out(features: np.ndarray, labels: np.ndarray) -> float:
+    """Share of images whose cosine nearest neighbour among the other images has the same label."""
+    f = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    return float(np.mean(labels[np.argmax(sim, axis=1)] == labels))
+
+
+def score(features: np.ndarray, labels: np.ndarray) -> dict:
+    """All val metrics from (N, D) features: 10-fold accuracy +- std, TAR@FAR=1e-3 (all pairs), rank-1."""
+    from facerec.eval.verification import evaluate_pairs, tar_at_far
+
+    pairs = val_protocol(labels)
+    f = features / np.linalg.norm(features, axis=1, keepdims=True)
+    emb = f[pairs["balanced"].reshape(-1)]
+    folds = evaluate_pairs(emb, pairs["balanced_issame"])
+    both = np.concatenate([pairs["genuine"], pairs["impostor"]])
+    dist = 2.0 - 2.0 * np.einsum("ij,ij->i", f[both[:, 0]], f[both[:, 1]])
+    issame = np.zeros(len(both), dtype=bool)
+    issame[:len(pairs["genuine"])] = True
+    return {"accuracy": folds.accuracy, "accuracy_std": folds.std, "tar_far1e-3": tar_at_far(dist, issame, 1e-3),
+            "rank1": rank1_leave_one_out(features, labels), "genuine_pairs": int(len(pairs["genuine"])),
+            "impostor_pairs": int(len(pairs["impostor"]))}
+
+
+def study_config(variant: str, rec_dir: Path, out_dir: Path, *, seed: int, steps: int, warmup: int, batch: int,
+                 lr: float):
+    overrides = [
+        f"name=real_faces_{variant}", f"model.input_size={INPUT_SIZE[0]},{INPUT_SIZE[1]}", f"data.path={rec_dir}",
+        f"data.batch_size={batch}", "data.num_workers=0", f"optim.lr={lr}", f"schedule.total_steps={steps}",
+        f"schedule.milestones=[{int(steps * 0.7)},{int(steps * 0.9)}]", f"schedule.warmup_steps={warmup}",
+        "schedule.gamma=0.1", f"train.seed={seed}", "train.device=cpu", "train.amp=none", "train.threads=1",
+        "train.resume=auto", f"train.out_dir={out_dir}", "train.tensorboard=false", f"train.log_every={max(1, steps // 20)}",
+        "eval.sets=[]", "eval.every=0", f"checkpoint.every={max(1, steps // 4)}", "checkpoint.keep=1",
+    ]
+    return load_config(ROOT / "configs" / f"ms1mv2_{variant}.yaml", overrides)
+
+
+def prepare(data: Path, work: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """Pack train/ once (work/train.rec) and read val/ (uint8 (N, 112, 112, 3) RGB, labels (N,))."""
+    from facerec.data.codec import decode_rgb
+    from facerec.data.datasets import scan_image_folder
+    from facerec.data.pack import pack_folder
+
+    for part in ("train", "val"):
+        if not (data / part).is_dir():
+            raise SystemExit(f"{data / part} is missing: --data must hold train/ and val/ (real-faces-323)")
+    rec = work / "train.rec"
+    if not rec.with_suffix(".idx").is_file():
+        pack_folder(data / "train", rec)
+    paths, labels, _ = scan_image_folder(data / "val")
+    images = np.stack([decode_rgb(p.read_bytes()) for p in paths])
+    return work, images, np.asarray(labels, dtype=np.int64)
+
+
+def run_one(variant: str, seed: int, rec_dir: Path, out: Path, images, labels, args) -> dict:
+    from facerec.eval.features import ModelFeatureExtractor, extract_features
+    from facerec.train.loop import train
+
+    run_dir = out / f"{variant}_s{seed}"
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = study_config(variant, rec_dir, run_dir, seed=seed, steps=args.steps, warmup=args.warmup,
+                       batch=args.batch, lr=args.lr)
+    resumed = any(run_dir.glob("ckpt_*.pt"))
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = train(cfg)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    if result["interrupted"]:
+        raise SystemExit(f"{variant} seed {seed} stopped by a signal at step {result['step']}; run again to resume")
+    torch.set_num_threads(1)
+    feats = extract_features(ModelFeatureExtractor(result["backbone"], "cpu", INPUT_SIZE), images, flip=True)
+    losses = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [(r["step"], r["loss"]) for r in losses if "loss" in r and "step" in r]
+    record = {"variant": variant, "seed": seed, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
+              "lr": args.lr, **score(feats, labels), "final_loss": losses[-1][1] if losses else math.nan,
+              "loss_curve": losses, "cpu_s": cpu, "wall_s": wall, "resumed": resumed}
+    done.write_text(json.dumps(record, indent=1))
+    return record
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per variant: mean and sample std (0 for one seed) of every metric, CPU s/step ratio to plain."""
+    rows = []
+    per_step = {}
+    for variant in VARIANTS:
+        mine = sorted((r for r in records if r["variant"] == variant), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        row = {"variant": variant, "seeds": [r["seed"] for r in mine]}
+        for key in ("accuracy", "tar_far1e-3", "rank1", "final_loss"):
+            values = [r[key] for r in mine]
+            row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, values)
+        per_step[variant] = statistics.mean(r["cpu_s"] / r["steps"] for r in mine if not r.get("resumed"))  \
+            if any(not r.get("resumed") for r in mine) else math.nan
+        rows.append(row)
+    base = per_step.get("mobilefacenet", math.nan)
+    for row in rows:
+        row["cpu_per_step_ratio"] = per_step[row["variant"]] / base
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    def cell(stat, pct=True):
+        mean, std, values = stat
+        k = 100.0 if pct else 1.0
+        each = ", ".join(f"{v * k:.1f}" for v in values)
+        return f"{mean * k:.1f} ± {std * k:.1f} ({each})"
+    lines = ["| variant | seeds | 10-fold acc. % | TAR@FAR=1e-3 % | rank-1 % | final loss | CPU/step vs plain |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['variant']} | {len(row['seeds'])} | {cell(row['accuracy'])} | "
+                     f"{cell(row['tar_far1e-3'])} | {cell(row['rank1'])} | {cell(row['final_loss'], False)} | "
+                     f"{row['cpu_per_step_ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "real_faces")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--runs", nargs="*", default=None, help="variant:seed items (default: the study's six runs)")
+    ap.add_argument("--only", default="0/1", help="K/N: this process takes runs K, K+N, K+2N, ...")
+    ap.add_argument("--report", action="store_true", help="print the table of finished runs; train nothing")
+    ap.add_argument("--json", type=Path, default=None, help="also write the summary rows here")
+    args = ap.parse_args(argv)
+    runs = DEFAULT_RUNS if not args.runs else [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs]
+    for variant, _ in runs:
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        k, n = (int(v) for v in args.only.split("/"))
+        rec_dir, images, labels = prepare(args.data, args.out / "data")
+        for variant, seed in runs[k::n]:
+            rec = run_one(variant, seed, rec_dir, args.out, images, labels, args)
+            print(f"{variant} seed {seed}: acc {rec['accuracy']:.4f} TAR@1e-3 {rec['tar_far1e-3']:.4f} rank-1 "
+                  f"{rec['rank1']:.4f} loss {rec['final_loss']:.3f} ({rec['cpu_s']:.0f} CPU s)", flush=True)
+    records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*_s*/result.json"))]
+    records = [r for r in records if (r["variant"], r["seed"]) in set(runs)]
+    rows = summarize(records)
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
