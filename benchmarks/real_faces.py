@@ -103,12 +103,17 @@ def score(features: np.ndarray, labels: np.ndarray) -> dict:
             "impostor_pairs": int(len(pairs["impostor"]))}
 
 
+def milestones(steps: int) -> list[int]:
+    """lr / 10 at 70% and 90% of the steps (distinct and positive; fewer for tiny runs)."""
+    return sorted({m for m in (int(steps * 0.7), int(steps * 0.9)) if 0 < m < steps})
+
+
 def study_config(variant: str, rec_dir: Path, out_dir: Path, *, seed: int, steps: int, warmup: int, batch: int,
                  lr: float):
     overrides = [
         f"name=real_faces_{variant}", f"model.input_size={INPUT_SIZE[0]},{INPUT_SIZE[1]}", f"data.path={rec_dir}",
         f"data.batch_size={batch}", "data.num_workers=0", f"optim.lr={lr}", f"schedule.total_steps={steps}",
-        f"schedule.milestones=[{int(steps * 0.7)},{int(steps * 0.9)}]", f"schedule.warmup_steps={warmup}",
+        f"schedule.milestones=[{','.join(str(m) for m in milestones(steps))}]", f"schedule.warmup_steps={warmup}",
         "schedule.gamma=0.1", f"train.seed={seed}", "train.device=cpu", "train.amp=none", "train.threads=1",
         "train.resume=auto", f"train.out_dir={out_dir}", "train.tensorboard=false", f"train.log_every={max(1, steps // 20)}",
         "eval.sets=[]", "eval.every=0", f"checkpoint.every={max(1, steps // 4)}", "checkpoint.keep=1",
