@@ -6,7 +6,7 @@ import os
 
 import pytest
 from fuzzkit import TALLY
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 CI_EXAMPLES = 200
 LONG_EXAMPLES = 5000
@@ -14,12 +14,14 @@ LONG_EXAMPLES = 5000
 
 @pytest.fixture
 def fuzz_settings(request):
-    """``fuzz_settings(scale=1.0)`` -> hypothesis settings for one reader (``scale`` shrinks slow readers)."""
+    """``fuzz_settings(scale=1.0, shrink=True)`` -> hypothesis settings for one reader (``scale`` < 1 for slow
+    readers; ``shrink=False`` where a failure is expected and its smallest form is not needed)."""
     long = request.config.getoption("--fuzz-long")
 
-    def make(scale: float = 1.0):
+    def make(scale: float = 1.0, shrink: bool = True):
         n = max(20, int((LONG_EXAMPLES if long else CI_EXAMPLES) * scale))
-        return settings(max_examples=n, deadline=None, database=None, derandomize=not long,
+        phases = [p for p in Phase if shrink or p not in (Phase.shrink, Phase.explain)]
+        return settings(max_examples=n, deadline=None, database=None, derandomize=not long, phases=phases,
                         suppress_health_check=list(HealthCheck), print_blob=True)
 
     return make

@@ -22,39 +22,45 @@ _INTS = [0, 1, 2, 3, 4, 7, 8, 16, 24, 255, 256, 0x7FFF, 0xFFFF, 2 ** 29 - 1, 2 *
          2 ** 40, 2 ** 62, 2 ** 63 - 1, 2 ** 64 - 1, -1, -2, -(2 ** 31)]
 
 
+_OPS = st.sampled_from(["truncate", "flip", "int", "int", "insert", "delete", "random", "duplicate"])
+_RAW = st.integers(0, 1 << 20)  # positions and choices are taken modulo what is available
+_SIZE = st.sampled_from([1, 2, 4, 8])
+_ORDER = st.sampled_from("<>")
+_VALUE = st.one_of(st.sampled_from(_INTS), st.integers(-(2 ** 63), 2 ** 64 - 1))
+_BYTES = st.binary(min_size=1, max_size=32)
+
+
 @st.composite
 def mutated(draw, base: bytes, hot=()):
     """``base`` after 1-4 mutations: truncation, bit flips, 1/2/4/8-byte integers written over it (huge
-    lengths, negatives, zero, boundaries, both byte orders), inserted, deleted or random bytes. ``hot``
-    lists offsets of length/type fields that positions favour."""
+    lengths, negatives, zero, boundaries, the file length, both byte orders), inserted, deleted, duplicated or
+    random bytes. ``hot`` lists offsets of length/type fields that half of the positions come from."""
     data = bytearray(base)
+    hot = list(hot)
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["truncate", "flip", "int", "int", "insert", "delete", "random", "duplicate"]))
+        op = draw(_OPS)
         n = len(data)
-        pos_strategy = st.integers(0, max(n - 1, 0))
-        if hot:
-            pos_strategy = st.one_of(st.sampled_from([h for h in hot if h < max(n, 1)] or [0]), pos_strategy)
-        pos = min(draw(pos_strategy), n)
+        raw = draw(_RAW)
+        pos = hot[raw % len(hot)] if hot and raw & 1 else raw % (n + 1)
+        pos = min(pos, n)
         if op == "truncate":
             del data[pos:]
         elif op == "flip" and n:
-            data[min(pos, n - 1)] ^= 1 << draw(st.integers(0, 7))
+            data[min(pos, n - 1)] ^= 1 << (raw >> 1) % 8
         elif op == "int":
-            size = draw(st.sampled_from([1, 2, 4, 8]))
-            value = draw(st.one_of(st.sampled_from(_INTS + [n, n + 1, n - 1]), st.integers(-(2 ** 63), 2 ** 64 - 1)))
-            order = draw(st.sampled_from("<>"))
+            size, order = draw(_SIZE), draw(_ORDER)
+            value = draw(st.one_of(_VALUE, st.sampled_from([n, n + 1, n - 1])))
             value &= (1 << (8 * size)) - 1
             data[pos:pos + size] = struct.pack(order + {1: "B", 2: "H", 4: "I", 8: "Q"}[size], value)
         elif op == "insert":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
+            data[pos:pos] = draw(_BYTES)[:16]
         elif op == "delete":
-            del data[pos:pos + draw(st.integers(1, 16))]
+            del data[pos:pos + 1 + (raw >> 1) % 16]
         elif op == "random":
-            chunk = draw(st.binary(min_size=1, max_size=32))
+            chunk = draw(_BYTES)
             data[pos:pos + len(chunk)] = chunk
         elif op == "duplicate" and n:
-            end = min(n, pos + draw(st.integers(1, 64)))
-            data[pos:pos] = data[pos:end]
+            data[pos:pos] = data[pos:min(n, pos + 1 + (raw >> 1) % 64)]
     return bytes(data)
 
 

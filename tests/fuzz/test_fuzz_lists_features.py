@@ -125,7 +125,7 @@ def test_fuzz_yaml_config(tmp_path, fuzz_settings):
     base = (tmp_path / "base.yaml").read_bytes()
     path = tmp_path / "run.yaml"
 
-    @fuzz_settings(0.1)
+    @fuzz_settings(0.1, shrink=False)
     @given(mutated(base))
     def run(data):
         path.write_bytes(data)
