@@ -173,15 +173,23 @@ def count_complexity(model: nn.Module, input_size: Optional[Sequence[int]] = Non
         seen[id(module)] = cost
         result.layers.append(cost)
         handles.append(module.register_forward_hook(hook(name)))
+    # paper-style: a paper generator makes its m filters per sample (counted through its children's hooks),
+    # whatever execution path the layer would pick (the structured path never materialises them)
+    paths = [(m, m.paper_path) for m in model.modules()
+             if type(m).__name__ == "DRConv2d" and getattr(m, "paper_path", None) not in (None, "gather")]
     was_training = model.training
     model.eval()
     try:
+        for module, _ in paths:
+            module.paper_path = "gather"
         with torch.no_grad():
             param = next(model.parameters())
             model(torch.zeros(1, 3, *size, dtype=param.dtype, device=param.device))
     finally:
         for handle in handles:
             handle.remove()
+        for module, path in paths:
+            module.paper_path = path
         model.train(was_training)
     return result
 

@@ -60,3 +60,19 @@ def test_cli_tables(capsys):
         assert name in text
     with pytest.raises(SystemExit):
         main(["--model", "nope"])
+
+
+def test_count_does_not_depend_on_the_drconv_execution_path():
+    from facerec.models import create_model
+
+    model = create_model("drconv_mobilefacenet", input_size=(112, 96))
+    layers = [m for m in model.modules() if hasattr(m, "paper_path")]
+    if not layers:
+        pytest.skip("this DRConv2d has a single execution path")
+    counts = {}
+    for path in ("auto", "gather"):
+        for m in layers:
+            m.paper_path = path
+        counts[path] = count_complexity(model, (112, 96)).madds
+    assert counts["auto"] == counts["gather"]
+    assert all(m.paper_path == "gather" for m in layers)  # restored after counting
