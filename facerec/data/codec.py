@@ -7,7 +7,8 @@ bits. OpenCV decodes first; what it cannot read (GIF, ...) goes to Pillow when i
 
 Untrusted input (``docs/security.md``): the image size is read from the header before anything is decoded
 (PNG IHDR, JPEG SOFn, else Pillow's lazy header parse) and an image of more than :data:`MAX_IMAGE_PIXELS`
-pixels is refused with :class:`ImageTooLargeError`, so a small "decompression bomb" cannot ask for gigabytes.
+pixels is refused with :class:`ImageTooLargeError`, so a small "decompression bomb" cannot ask for gigabytes;
+a PNG whose chunk lengths overrun the data is not handed to OpenCV (which would allocate the declared length).
 ``IMAGE_SUFFIXES`` is the one list of file extensions the folder scanners accept.
 """
 from __future__ import annotations
@@ -58,6 +59,21 @@ def _jpeg_size(buf: bytes) -> tuple[int, int] | None:
             return None
         pos += 2 + length
     return None
+
+
+def _png_chunks_fit(buf: np.ndarray) -> bool:
+    """Every PNG chunk length fits in the bytes that follow it (OpenCV allocates a declared chunk length before
+    reading it: 80 bytes announcing a 184 MB chunk cost seconds and gigabytes)."""
+    data = buf.data
+    pos, n = 8, buf.size
+    while pos + 8 <= n:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if pos + 12 + length > n:
+            return False
+        if bytes(data[pos + 4:pos + 8]) == b"IEND":
+            return True
+        pos += 12 + length
+    return True
 
 
 def image_size(data) -> tuple[int, int] | None:
@@ -119,6 +135,8 @@ def decode_rgb(data) -> np.ndarray | None:
     if buf.size == 0:
         return None
     _check_size(buf)
+    if buf[:8].tobytes() == _PNG_SIGNATURE and not _png_chunks_fit(buf):
+        return None
     try:
         if _IMREAD_RGB is not None:
             img = cv2.imdecode(buf, _IMREAD_RGB)

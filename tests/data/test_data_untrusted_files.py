@@ -130,3 +130,15 @@ def test_text_lists_report_bad_bytes_and_escaping_names(tmp_path):
     (tmp_path / "marks.txt").write_text("a.png 1 2 3 4 5 6 7 8 9 10\nb.png 1 2 3 nan 5 6 7 8 9 10\n")
     with pytest.raises(ValueError, match=r"marks\.txt: line 2: .*finite"):
         read_landmarks_file(tmp_path / "marks.txt")
+
+
+def test_png_chunk_overrunning_the_data_is_not_handed_to_opencv():
+    import time
+
+    # found by the fuzz suite: an 80-byte PNG announcing a 184 MB chunk made OpenCV spend seconds and gigabytes
+    data = bytearray(encode_image(np.zeros((10, 14, 3), np.uint8), ".png"))
+    ihdr_end = 8 + 12 + 13
+    data[ihdr_end:ihdr_end + 4] = struct.pack(">I", 0x0B000000)
+    start = time.perf_counter()
+    assert decode_rgb(bytes(data)) is None
+    assert time.perf_counter() - start < 0.5

@@ -4,6 +4,7 @@ per-reader tally of inputs survived."""
 from __future__ import annotations
 
 import re
+import resource
 import struct
 import time
 import tracemalloc
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 TIME_LIMIT_S = 5.0  # per input, generous for a loaded 2-core CI machine; the inputs are a few KB
 MEMORY_LIMIT = 64 << 20  # peak Python/numpy allocation per input (traced), for inputs of a few KB
+RSS_GROWTH_LIMIT = 512 << 20  # growth of the process's peak RSS per input: catches C allocations (OpenCV, ...)
 
 # reader name -> [inputs that kept the contract, of which returned a value, seconds spent]
 TALLY: dict[str, list] = defaultdict(lambda: [0, 0, 0.0])
@@ -71,6 +73,7 @@ def check_reader(reader: str, call, files, *, where: str | None = None, errors=(
     Any other exception propagates (hypothesis reports it with the shrunk input). Returns the result or None.
     """
     names = [str(f) for f in files] + [Path(f).name for f in files]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10  # KiB on Linux
     tracemalloc.start()
     start = time.perf_counter()
     result, returned = None, False
@@ -86,8 +89,10 @@ def check_reader(reader: str, call, files, *, where: str | None = None, errors=(
         elapsed = time.perf_counter() - start
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
+        rss_growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10) - rss_before
     assert elapsed < TIME_LIMIT_S, f"{reader}: {elapsed:.1f} s for one input (limit {TIME_LIMIT_S} s)"
     assert peak < MEMORY_LIMIT, f"{reader}: peak allocation {peak >> 20} MiB (limit {MEMORY_LIMIT >> 20} MiB)"
+    assert rss_growth < RSS_GROWTH_LIMIT, f"{reader}: peak RSS grew by {rss_growth >> 20} MiB for one input"
     tally = TALLY[reader]
     tally[0] += 1
     tally[1] += returned
