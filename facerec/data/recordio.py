@@ -303,7 +303,8 @@ def _read_record(f, offset: int, path: Path, key, *, at_end_ok: bool = False):
 
     Returns ``(record, offset after it)``: split parts reassembled, the magic re-inserted between them. With
     ``at_end_ok`` a clean end of file before the first chunk returns None. A chunk's length field (at most
-    2^29 - 1) is checked against the bytes left in the file before anything is read or allocated. RecordIOError names the file, the key (when known) and the record's byte offset.
+    2^29 - 1) is checked against the bytes left in the file before anything is read or allocated.
+    RecordIOError names the file, the key (when known) and the record's byte offset.
     """
     parts = []
     pos = offset
