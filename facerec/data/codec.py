@@ -3,12 +3,13 @@
 ``cv2.imdecode`` returns BGR; every decoder here hands back RGB uint8 (H, W, 3) so callers never see BGR
 (the colour-channel confusion users report, ``specs/face-pipelines-survey.md`` section 6 item 3).
 Greyscale and 4-channel inputs come back as 3-channel RGB (alpha dropped), 16-bit samples are scaled to 8
-bits. OpenCV decodes first; what it cannot read (GIF, ...) goes to Pillow when it is installed.
+bits. OpenCV decodes first; what it cannot read goes to Pillow when it is installed.
 
 Untrusted input (``docs/security.md``): the image size is read from the header before anything is decoded
-(PNG IHDR, JPEG SOFn, else Pillow's lazy header parse) and an image of more than :data:`MAX_IMAGE_PIXELS`
-pixels is refused with :class:`ImageTooLargeError`, so a small "decompression bomb" cannot ask for gigabytes;
-a PNG whose chunk lengths overrun the data is not handed to OpenCV (which would allocate the declared length).
+(PNG IHDR, JPEG SOFn, GIF screen and frame descriptors, else Pillow's lazy header parse) and an image of
+more than :data:`MAX_IMAGE_PIXELS` pixels is refused with :class:`ImageTooLargeError`, so a small
+"decompression bomb" cannot ask for gigabytes. A PNG whose chunk lengths overrun the data, or a GIF whose
+block structure is broken, is not handed to OpenCV (which would allocate what the broken fields declare).
 ``IMAGE_SUFFIXES`` is the one list of file extensions the folder scanners accept.
 """
 from __future__ import annotations
@@ -61,6 +62,34 @@ def _jpeg_size(buf: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _gif_size(buf: bytes) -> tuple[int, int] | None:
+    """GIF canvas (height, width) covering the logical screen and every frame descriptor (OpenCV decodes a
+    frame larger than the screen at the frame's size); None when the block structure is broken."""
+    if len(buf) < 13:
+        return None
+    w, h = struct.unpack_from("<HH", buf, 6)
+    pos, n = 13, len(buf)
+    if buf[10] & 0x80:
+        pos += 3 << ((buf[10] & 7) + 1)
+    while pos < n:
+        block = buf[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then data sub-blocks
+            pos += 2
+        elif block == 0x2C and pos + 10 <= n:  # image descriptor
+            left, top, fw, fh = struct.unpack_from("<HHHH", buf, pos + 1)
+            w, h = max(w, left + fw), max(h, top + fh)
+            flags = buf[pos + 9]
+            pos += 10 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0) + 1  # + local table + LZW code size
+        else:
+            return None
+        while pos < n and buf[pos]:  # sub-blocks until the zero terminator
+            pos += buf[pos] + 1
+        pos += 1
+    return h, w
+
+
 def _png_chunks_fit(buf: np.ndarray) -> bool:
     """Every PNG chunk length fits in the bytes that follow it (OpenCV allocates a declared chunk length before
     reading it: 80 bytes announcing a 184 MB chunk cost seconds and gigabytes)."""
@@ -84,9 +113,9 @@ def image_size(data) -> tuple[int, int] | None:
         return h, w
     if buf.startswith(b"\xff\xd8"):
         return _jpeg_size(buf)
-    if buf[:6] in (b"GIF87a", b"GIF89a") and len(buf) >= 10:
-        w, h = struct.unpack_from("<HH", buf, 6)
-        return h, w
+    if buf[:6] in (b"GIF87a", b"GIF89a"):
+        full = bytes(data) if not isinstance(data, np.ndarray) else data.reshape(-1).tobytes()
+        return _gif_size(full)
     try:
         from PIL import Image
     except ImportError:  # Pillow is optional: OpenCV's own 2^30-pixel limit is then the bound
@@ -137,6 +166,8 @@ def decode_rgb(data) -> np.ndarray | None:
     _check_size(buf)
     if buf[:8].tobytes() == _PNG_SIGNATURE and not _png_chunks_fit(buf):
         return None
+    if buf[:6].tobytes() in (b"GIF87a", b"GIF89a") and image_size(buf) is None:
+        return None  # broken block structure: the frame sizes OpenCV would use are unknown
     try:
         if _IMREAD_RGB is not None:
             img = cv2.imdecode(buf, _IMREAD_RGB)

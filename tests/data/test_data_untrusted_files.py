@@ -142,3 +142,19 @@ def test_png_chunk_overrunning_the_data_is_not_handed_to_opencv():
     start = time.perf_counter()
     assert decode_rgb(bytes(data)) is None
     assert time.perf_counter() - start < 0.5
+
+
+def test_gif_frame_larger_than_its_screen_counts():
+    # found by the fuzz suite: OpenCV decodes a frame at the frame's size, not the screen's
+    from PIL import Image
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).convert("P").save(buf, format="GIF")
+    data = bytearray(buf.getvalue())
+    i = data.index(b",", 13)  # the image descriptor
+    data[i + 5:i + 9] = struct.pack("<HH", 65000, 65000)
+    assert image_size(buf.getvalue()) == (10, 14) and image_size(bytes(data)) == (65000, 65000)
+    with pytest.raises(ImageTooLargeError):
+        decode_rgb(bytes(data))
+    assert decode_rgb(bytes(data[:i + 3])) is None  # broken block structure: not handed to OpenCV

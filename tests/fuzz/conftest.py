@@ -12,6 +12,15 @@ CI_EXAMPLES = 200
 LONG_EXAMPLES = 5000
 
 
+@pytest.fixture(autouse=True)
+def small_image_limit(monkeypatch):
+    """Images may legitimately decode to MAX_IMAGE_PIXELS (67M pixels, 200 MB); under fuzzing the limit is
+    1M pixels so the 64 MiB bound of fuzzkit checks that nothing allocates beyond what a header declares."""
+    from facerec.data import codec
+
+    monkeypatch.setattr(codec, "MAX_IMAGE_PIXELS", 1 << 20)
+
+
 @pytest.fixture
 def fuzz_settings(request):
     """``fuzz_settings(scale=1.0, shrink=True)`` -> hypothesis settings for one reader (``scale`` < 1 for slow
