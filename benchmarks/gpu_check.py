@@ -77,7 +77,7 @@ def check_correctness(device: torch.device) -> bool:
     for name, kw in PATHS:
         for c, o, size, stride in ((16, 32, 7, 1), (32, 16, 14, 2)):
             torch.manual_seed(0)
-            ref = DRConv2d(c, o, 1, stride=stride, regions=8, **kw).double()
+            ref = DRConv2d(c, o, 1, stride=stride, regions=8, init="spread", **kw).double()
             ref_mask = _masks(ref)
             x64 = torch.randn(4, c, size, size, dtype=torch.float64, requires_grad=True)
             y64 = ref(x64)
@@ -86,7 +86,7 @@ def check_correctness(device: torch.device) -> bool:
             row = [name, f"{c}->{o} @{size} s{stride}"]
             ok = True
             for amp in (False, True):
-                layer = DRConv2d(c, o, 1, stride=stride, regions=8, **kw).to(device)
+                layer = DRConv2d(c, o, 1, stride=stride, regions=8, init="spread", **kw).to(device)
                 layer.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
                 mask = _masks(layer)
                 x = x64.detach().float().to(device).requires_grad_()

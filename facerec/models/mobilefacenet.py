@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from facerec.nn import PointwiseFactory, pointwise_factory
+from facerec.nn import GuideConv, PointwiseFactory, pointwise_factory
 
 __all__ = [
     "MOBILEFACENET_SETTINGS",
@@ -80,10 +80,11 @@ class Bottleneck(nn.Module):
     fixed, see ``facerec.nn.pointwise_factory``) or a kind name (its defaults). The module names (``expand``,
     ``project``, ``guide``, ...) and so the state_dict keys do not depend on the kind's keywords.
     With ``shared_guide=True`` (DRConv only, as the official DRConv code's ``masknet``) the block owns one
-    1x1 ``guide`` conv (in_channels -> regions) applied to the block input; its guided feature F
-    (B, regions, H, W) drives the expansion, and F subsampled by the stride (nearest neighbour, i.e.
-    ``F[..., ::s, ::s]``, the depthwise conv's output grid) drives the projection, so both 1x1 layers see
-    one mask. Shapes: (B, in_channels, H, W) -> (B, out_channels, Ho, Wo) with Ho = (H - 1) // stride + 1.
+    1x1 ``guide`` (a ``facerec.nn.GuideConv``: conv in_channels -> regions, with its norm) applied to the block
+    input; its guided feature F (B, regions, H, W) drives the expansion, and F subsampled by the stride
+    (nearest neighbour, i.e. ``F[..., ::s, ::s]``, the depthwise conv's output grid) drives the projection, so
+    both 1x1 layers see one mask.
+    Shapes: (B, in_channels, H, W) -> (B, out_channels, Ho, Wo) with Ho = (H - 1) // stride + 1.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int,
@@ -103,7 +104,10 @@ class Bottleneck(nn.Module):
             regions = {f.regions for f in guided}
             if len(regions) > 1:
                 raise ValueError(f"a shared guide needs one region count, got expand/project regions {regions}")
-            self.guide = nn.Conv2d(in_channels, regions.pop(), 1, bias=False)
+            options = guided[0].guide_kwargs
+            if any(f.guide_kwargs != options for f in guided):
+                raise ValueError(f"a shared guide needs one guide setting, got {[f.guide_kwargs for f in guided]}")
+            self.guide = GuideConv(in_channels, regions.pop(), 1, **options)
         self._expand_takes_guide = self.guided and expand_factory.accepts_guide
         self._project_takes_guide = self.guided and project_factory.accepts_guide
         self.expand = expand_factory(in_channels, hidden, input_size=input_size,

@@ -8,6 +8,7 @@ from facerec.nn import functional
 from facerec.nn.condconv import CondConv2d
 from facerec.nn.drconv import BASIS_PATHS, GENERATORS, DRConv2d, guide_modules
 from facerec.nn.generators import BasisFilterGenerator, PaperFilterGenerator
+from facerec.nn.guide import GuideConv
 from facerec.nn.local_conv import LocallyConnected2d
 from facerec.nn.pointwise import POINTWISE_KINDS, PointwiseFactory, create_pointwise_conv, pointwise_factory
 
@@ -18,6 +19,7 @@ __all__ = [
     "BasisFilterGenerator",
     "CondConv2d",
     "DRConv2d",
+    "GuideConv",
     "LocallyConnected2d",
     "PaperFilterGenerator",
     "PointwiseFactory",

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from facerec.nn.basis_functional import basis_mix, basis_pointwise
 from facerec.nn.functional import _pair, region_conv2d
 from facerec.nn.generators import BasisFilterGenerator, PaperFilterGenerator
+from facerec.nn.guide import GuideConv
 from facerec.nn.structured import paper_region_conv2d
 
 __all__ = ["DRConv2d", "GENERATORS", "BASIS_PATHS", "PAPER_PATHS", "guide_modules"]
@@ -64,16 +65,23 @@ class DRConv2d(nn.Module):
             (``facerec.nn.structured.paper_region_conv2d``: per-region GEMMs against the generator's static
             kernels, no per-sample filter tensor; 1x1 only) or "gather" (materialise the m filters,
             region_conv2d). Only for generator="paper".
+        guide_norm, guide_grad_scale: the guide's BatchNorm (affine-free) and gradient scale (see
+            ``facerec.nn.guide.GuideConv`` for why); they apply to the layer's own guide (not external_guide).
+        init: "static" (default: every region starts as the same filter and the dynamic part at zero, so the
+            layer starts as a conv and its step-0 output scale is a default nn.Conv2d's) or "spread" (regions
+            start correlated but distinct). See docs/drconv-training.md for the measurements behind it.
 
     Shapes: x (B, C, H, W) [, guide_feature (B, m, Ho, Wo)] -> (B, O, Ho, Wo).
-    Submodules: ``guide`` (nn.Conv2d C -> m, k x k, same stride/padding/dilation) unless external_guide;
+    Submodules: ``guide`` (a GuideConv, an nn.Conv2d C -> m, k x k, same stride/padding/dilation, with its
+    norm) unless external_guide;
     ``filter_generator`` (PaperFilterGenerator or BasisFilterGenerator).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size=1, stride=1, padding=0, dilation=1,
                  regions: int = 8, generator: str = "paper", *, bias: bool = False, external_guide: bool = False,
                  hidden_channels: int | None = None, num_bases: int = 4, basis_path: str = "auto",
-                 paper_path: str = "auto") -> None:
+                 paper_path: str = "auto", guide_norm: bool = True, guide_grad_scale: float = 1.0,
+                 init: str = "static") -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("regions", regions)):
             if not isinstance(value, int) or value < 1:
@@ -94,18 +102,19 @@ class DRConv2d(nn.Module):
         if generator == "paper" and paper_path == "structured" and not pointwise:
             raise ValueError(f"paper_path='structured' needs a 1x1 kernel without padding, got kernel_size="
                              f"{self.kernel_size}, padding={self.padding}")
-        self.guide = None if external_guide else nn.Conv2d(in_channels, regions, self.kernel_size, self.stride,
-                                                           self.padding, self.dilation)
+        self.guide = None if external_guide else GuideConv(in_channels, regions, self.kernel_size, self.stride,
+                                                           self.padding, self.dilation, norm=guide_norm,
+                                                           grad_scale=guide_grad_scale)
         if generator == "paper":
             self.hidden_channels = regions if hidden_channels is None else hidden_channels
             self.filter_generator = PaperFilterGenerator(in_channels, out_channels, self.kernel_size, regions,
-                                                         self.hidden_channels)
+                                                         self.hidden_channels, init)
         else:
             if hidden_channels is not None:
                 raise ValueError("hidden_channels applies to generator='paper' only; use num_bases for 'basis'")
             self.hidden_channels = None
             self.filter_generator = BasisFilterGenerator(in_channels, out_channels, self.kernel_size, self.stride,
-                                                         self.padding, self.dilation, regions, num_bases)
+                                                         self.padding, self.dilation, regions, num_bases, init)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
     def _use_dense_basis(self, out_pixels: int) -> bool:

@@ -5,7 +5,8 @@ from standard nn.Conv2d / nn.Linear layers so module hooks can count them.
 
 * ``PaperFilterGenerator`` (generator="paper", paper Fig. 2b): AdaptiveAvgPool(k) -> 1x1 conv C->h + sigmoid
   -> 1x1 conv h -> m*O*C with groups=m, no activation. Region j's filter is
-  ``bias_j + sum_t s_{j,t} V_{j,t}`` over its h/m hidden units.
+  ``bias_j + sum_t s_{j,t} V_{j,t}`` over its h/m hidden units, with the bias held as ``shared + delta_j``
+  (``shared``: one O x C x k x k parameter; ``expand.bias``: the deltas), the same function class.
 * ``BasisFilterGenerator`` (generator="basis", the official megvii code): GAP -> Linear(C, m*r) ->
   ``a = 2 * sigmoid / r`` routing weights -> region j's filter is ``sum_t a_{j,t} B_t`` over r shared static
   kernels B_t. The kernels are held as ``basis``, an nn.Conv2d(C, r*O, k, stride, padding, dilation) so that
@@ -24,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PaperFilterGenerator", "BasisFilterGenerator", "GroupedPointwiseConv"]
+__all__ = ["PaperFilterGenerator", "BasisFilterGenerator", "GroupedPointwiseConv", "INITS"]
 
 
 def _conv_init_std(fan_in: int) -> float:
@@ -32,8 +33,11 @@ def _conv_init_std(fan_in: int) -> float:
     return 1.0 / math.sqrt(3.0 * fan_in)
 
 
-# Relative std of the per-region part of the paper generator's filters at init (see reset_parameters).
+# Relative std of the per-region part of the paper generator's filters at init="spread" (see reset_parameters).
 _REGION_SPREAD = 0.3
+#: Initialisations: "static" (every region one filter, no dynamic part: the layer starts as a conv; default)
+#: or "spread" (regions start correlated but distinct: shared part + 0.3-std per-region part / random routing).
+INITS = ("static", "spread")
 
 
 class GroupedPointwiseConv(nn.Conv2d):
@@ -71,8 +75,11 @@ class PaperFilterGenerator(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], regions: int,
-                 hidden_channels: int) -> None:
+                 hidden_channels: int, init: str = "static") -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        self.init = init
         if hidden_channels < 1 or hidden_channels % regions != 0:
             raise ValueError(f"hidden_channels must be a positive multiple of regions={regions}, "
                              f"got {hidden_channels}")
@@ -81,11 +88,23 @@ class PaperFilterGenerator(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(kernel_size)
         self.squeeze = nn.Conv2d(in_channels, hidden_channels, 1)
         self.expand = GroupedPointwiseConv(hidden_channels, regions * out_channels * in_channels, regions)
+        # The part of the static filter all regions share (see reset_parameters): region j's static filter is
+        # shared + expand.bias_j, a reparametrisation of the paper's bias_j that lets the shared part learn from
+        # every pixel, as a plain conv's weight does, instead of each region's copy from its 1/m of them.
+        self.shared = nn.Parameter(torch.empty(out_channels, in_channels, *kernel_size))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         std = _conv_init_std(self.in_channels * self.kernel_size[0] * self.kernel_size[1])
         per_group = self.hidden_channels // self.regions
+        if self.init == "static":
+            # A static conv: the shared filter has the default conv init, the per-region deltas and the dynamic
+            # part V are zero. Regions separate as each delta learns from its own pixels; the mask gradient
+            # (Eq.7 differences) grows with them instead of starting large.
+            nn.init.uniform_(self.shared, -math.sqrt(3.0) * std, math.sqrt(3.0) * std)
+            nn.init.zeros_(self.expand.weight)
+            nn.init.zeros_(self.expand.bias)
+            return
         # Filter_j = bias_j + sum_t s_t V_{j,t}, s = sigmoid(.) ~ 0.5 at start (E[s^2] ~ 0.25). The static part
         # is one filter shared by all regions (variance (1 - d^2) std^2) and the per-region part has variance
         # d^2 std^2 (d = _REGION_SPREAD): regions start correlated (1 - d^2), as the basis generator's
@@ -96,11 +115,8 @@ class PaperFilterGenerator(nn.Module):
         bias_std = std * math.sqrt(1.0 - _REGION_SPREAD ** 2)
         weight_std = _REGION_SPREAD * std / math.sqrt(per_group * 0.25)
         nn.init.uniform_(self.expand.weight, -math.sqrt(3.0) * weight_std, math.sqrt(3.0) * weight_std)
-        with torch.no_grad():
-            shared = torch.empty(self.expand.bias.numel() // self.regions, dtype=self.expand.bias.dtype,
-                                 device=self.expand.bias.device)
-            nn.init.uniform_(shared, -math.sqrt(3.0) * bias_std, math.sqrt(3.0) * bias_std)
-            self.expand.bias.view(self.regions, -1).copy_(shared.expand(self.regions, -1))
+        nn.init.uniform_(self.shared, -math.sqrt(3.0) * bias_std, math.sqrt(3.0) * bias_std)
+        nn.init.zeros_(self.expand.bias)
 
     def coefficients(self, x: Tensor) -> Tensor:
         """s (B, m, t) = sigmoid(squeeze(GAP(x))) per region group (1x1 kernels, t = h / m)."""
@@ -110,12 +126,13 @@ class PaperFilterGenerator(nn.Module):
         return hidden.view(x.shape[0], self.regions, self.hidden_channels // self.regions)
 
     def static_kernels(self) -> tuple[Tensor, Tensor]:
-        """(A (m, O, C), V (m, t, O, C)) with filter_bj = A_j + sum_t s_bjt V_jt (1x1 kernels; views)."""
+        """(A (m, O, C), V (m, t, O, C)) with filter_bj = A_j + sum_t s_bjt V_jt (1x1 kernels; A_j = shared +
+        expand.bias_j, V a view of expand.weight)."""
         if self.kernel_size != (1, 1):
             raise ValueError(f"static_kernels() is for 1x1 kernels, this generator has {self.kernel_size}")
         m, o, c = self.regions, self.out_channels, self.in_channels
         terms = self.hidden_channels // m
-        static = self.expand.bias.view(m, o, c)
+        static = self.expand.bias.view(m, o, c) + self.shared.view(1, o, c)
         dynamic = self.expand.weight.view(m, o, c, terms).permute(0, 3, 1, 2)
         return static, dynamic
 
@@ -123,7 +140,8 @@ class PaperFilterGenerator(nn.Module):
         hidden = torch.sigmoid(self.squeeze(self.pool(x)))
         flat = self.expand(hidden)
         kh, kw = self.kernel_size
-        return flat.view(x.shape[0], self.regions, self.out_channels, self.in_channels, kh, kw)
+        filters = flat.view(x.shape[0], self.regions, self.out_channels, self.in_channels, kh, kw)
+        return filters + self.shared.to(filters.dtype)
 
 
 class BasisFilterGenerator(nn.Module):
@@ -135,8 +153,11 @@ class BasisFilterGenerator(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], stride, padding,
-                 dilation, regions: int, num_bases: int) -> None:
+                 dilation, regions: int, num_bases: int, init: str = "static") -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+        self.init = init
         if num_bases < 1:
             raise ValueError(f"num_bases must be >= 1, got {num_bases}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
@@ -148,8 +169,14 @@ class BasisFilterGenerator(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Regions start distinct: the routing bias gives each region its own mix of the bases.
-        nn.init.normal_(self.route.bias, 0.0, 1.0)
+        if self.init == "static":
+            # A static conv: zero routing, so every sample and region mixes the bases equally (a = 1/r), as the
+            # official code's near-zero N(0, 0.01) routing does.
+            nn.init.zeros_(self.route.weight)
+            nn.init.zeros_(self.route.bias)
+        else:
+            # Regions start distinct: the routing bias gives each region its own mix of the bases.
+            nn.init.normal_(self.route.bias, 0.0, 1.0)
         with torch.no_grad():
             coef = 2.0 * torch.sigmoid(self.route.bias.view(self.regions, self.num_bases)) / self.num_bases
             mix_norm = coef.pow(2).sum(dim=1).mean().item()

@@ -33,7 +33,8 @@ POINTWISE_KINDS = ("standard", "drconv", "condconv", "local")
 
 _KIND_KEYWORDS = {
     "standard": (),
-    "drconv": ("regions", "generator", "external_guide", "hidden_channels", "num_bases", "basis_path"),
+    "drconv": ("regions", "generator", "external_guide", "hidden_channels", "num_bases", "basis_path",
+               "paper_path", "guide_norm", "guide_grad_scale", "init"),
     "condconv": ("experts",),
     "local": ("input_size",),
 }
@@ -68,7 +69,8 @@ class PointwiseFactory:
     external_guide=False)`` builds one bias-free 1x1 conv (stride 1) mapping (B, in, H, W) -> (B, out, H, W).
 
     Attributes: ``kind``; ``accepts_guide`` (True for "drconv": the layer can take the guided feature from its
-    block); ``regions`` (m of a "drconv" factory, else None). Build it with ``pointwise_factory``.
+    block); ``regions`` (m of a "drconv" factory, else None); ``guide_kwargs`` (``norm`` and ``grad_scale`` of a
+    block-owned GuideConv for "drconv", else None). Build it with ``pointwise_factory``.
     """
 
     def __init__(self, kind: str, kw) -> None:
@@ -76,6 +78,10 @@ class PointwiseFactory:
         self.kwargs = dict(kw)
         self.accepts_guide = kind == "drconv"
         self.regions = int(self.kwargs.get("regions", 8)) if self.accepts_guide else None
+        # Keywords of a block-owned guide (facerec.nn.GuideConv) shared by this kind's layers.
+        self.guide_kwargs = ({"norm": bool(self.kwargs.get("guide_norm", True)),
+                              "grad_scale": float(self.kwargs.get("guide_grad_scale", 1.0))}
+                             if self.accepts_guide else None)
 
     def __call__(self, in_channels: int, out_channels: int, *, input_size: Tuple[int, int],
                  external_guide: bool = False) -> nn.Module:

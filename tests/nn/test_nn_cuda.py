@@ -15,12 +15,12 @@ PATHS = [{"generator": "paper", "paper_path": "structured"}, {"generator": "pape
 @pytest.mark.parametrize("stride", [1, 2])
 def test_layer_on_cuda_matches_float64_cpu(kw, stride):
     torch.manual_seed(0)
-    ref = DRConv2d(16, 32, 1, stride=stride, regions=8, **kw).double()
+    ref = DRConv2d(16, 32, 1, stride=stride, regions=8, **kw, init="spread").double()
     x64 = torch.randn(4, 16, 10, 10, dtype=torch.float64, requires_grad=True)
     y64 = ref(x64)
     grad = torch.randn_like(y64)
     g64 = torch.autograd.grad(y64, [x64] + list(ref.parameters()), grad)
-    layer = DRConv2d(16, 32, 1, stride=stride, regions=8, **kw).cuda()
+    layer = DRConv2d(16, 32, 1, stride=stride, regions=8, **kw, init="spread").cuda()
     layer.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
     x = x64.detach().float().cuda().requires_grad_()
     y = layer(x)
@@ -33,7 +33,7 @@ def test_layer_on_cuda_matches_float64_cpu(kw, stride):
 @pytest.mark.parametrize("kw", PATHS[:1] + PATHS[2:3], ids=["paper-structured", "basis-dense"])
 def test_bf16_autocast_on_cuda_runs_and_is_close(kw):
     torch.manual_seed(0)
-    layer = DRConv2d(32, 64, 1, regions=8, **kw).cuda()
+    layer = DRConv2d(32, 64, 1, regions=8, **kw, init="spread").cuda()
     x = torch.randn(8, 32, 7, 7, device="cuda", requires_grad=True)
     y32 = layer(x)
     with torch.autocast("cuda", dtype=torch.bfloat16):

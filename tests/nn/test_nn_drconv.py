@@ -19,7 +19,7 @@ def _grads(layer, x, guide_feature=None):
 @pytest.mark.parametrize("in_channels,out_channels,stride", [(4, 6, 1), (6, 4, 1), (4, 6, 2), (6, 4, 2)])
 def test_basis_dense_paths_equal_gathered_path(in_channels, out_channels, stride):
     torch.manual_seed(0)
-    layer = DRConv2d(in_channels, out_channels, 1, stride, regions=3, generator="basis", num_bases=4,
+    layer = DRConv2d(in_channels, out_channels, 1, stride, regions=3, generator="basis", num_bases=4, init="spread",
                      basis_path="gather").double()
     x = torch.randn(2, in_channels, 6, 5, dtype=torch.float64)
     want = _grads(layer, x)
@@ -34,7 +34,8 @@ def test_basis_dense_paths_equal_gathered_path(in_channels, out_channels, stride
 
 def test_basis_dense_3x3_equals_gathered_path():
     torch.manual_seed(1)
-    layer = DRConv2d(3, 5, 3, 2, 1, regions=4, generator="basis", num_bases=3, basis_path="gather").double()
+    layer = DRConv2d(3, 5, 3, 2, 1, regions=4, generator="basis", num_bases=3, basis_path="gather",
+                     init="spread").double()
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     want = _grads(layer, x)
     layer.basis_path = "dense"
@@ -48,7 +49,7 @@ def test_basis_dense_3x3_equals_gathered_path():
 @pytest.mark.parametrize("generator", ["paper", "basis"])
 def test_layer_matches_reference_built_from_its_parts(generator):
     torch.manual_seed(2)
-    layer = DRConv2d(4, 5, 3, 1, 1, regions=3, generator=generator, bias=True).double()
+    layer = DRConv2d(4, 5, 3, 1, 1, regions=3, generator=generator, bias=True, init="spread").double()
     nn.init.normal_(layer.bias)
     x = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
     y = layer(x)
@@ -60,20 +61,24 @@ def test_layer_matches_reference_built_from_its_parts(generator):
         torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("init", ["static", "spread"])
 @pytest.mark.parametrize("generator", ["paper", "basis"])
 @pytest.mark.parametrize("in_channels,out_channels,k", [(64, 128, 1), (128, 32, 1), (16, 24, 3)])
-def test_step0_output_scale_matches_default_conv(generator, in_channels, out_channels, k):
+def test_step0_output_scale_matches_default_conv(generator, in_channels, out_channels, k, init):
     ratios = []
     for seed in range(3):
         torch.manual_seed(seed)
         x = torch.randn(4, in_channels, 8, 8)
         conv = nn.Conv2d(in_channels, out_channels, k, padding=k // 2, bias=False)
-        layer = DRConv2d(in_channels, out_channels, k, padding=k // 2, generator=generator)
+        layer = DRConv2d(in_channels, out_channels, k, padding=k // 2, generator=generator, init=init)
         with torch.no_grad():
             ratios.append((layer(x).std() / conv(x).std()).item())
             filters = layer.filter_generator(x)
             spread = filters.std(dim=1).mean() / filters.std()
-        assert spread > 0.2, f"regions start almost identical (spread {spread:.3f})"
+        if init == "spread":
+            assert spread > 0.2, f"regions start almost identical (spread {spread:.3f})"
+        else:   # a static conv: every region and sample the same filter
+            assert spread == 0 and torch.equal(filters, filters[:1, :1].expand_as(filters))
     mean_ratio = sum(ratios) / len(ratios)
     assert 0.8 < mean_ratio < 1.25, ratios
 
@@ -83,14 +88,14 @@ def test_external_guide_and_guide_modules():
         def __init__(self):
             super().__init__()
             self.guide = nn.Conv2d(4, 3, 1)
-            self.expand = DRConv2d(4, 8, regions=3, external_guide=True)
-            self.project = DRConv2d(8, 4, regions=3, external_guide=True, generator="basis")
+            self.expand = DRConv2d(4, 8, regions=3, external_guide=True, init="spread")
+            self.project = DRConv2d(8, 4, regions=3, external_guide=True, generator="basis", init="spread")
 
         def forward(self, x):
             f = self.guide(x)
             return self.project(self.expand(x, f), f)
 
-    model = nn.Sequential(DRConv2d(4, 4, regions=3), Block())
+    model = nn.Sequential(DRConv2d(4, 4, regions=3, init="spread"), Block())
     assert model[1].expand.guide is None
     names = [name for name, _ in guide_modules(model)]
     assert names == ["0.guide", "1.guide"]
@@ -106,7 +111,7 @@ def test_external_guide_and_guide_modules():
 
 
 def test_mask_hook_gives_region_index():
-    layer = DRConv2d(4, 6, regions=5)
+    layer = DRConv2d(4, 6, regions=5, init="spread")
     seen = []
     layer.guide.register_forward_hook(lambda mod, inp, out: seen.append(out.argmax(1)))
     layer(torch.randn(2, 4, 7, 7))
@@ -115,7 +120,7 @@ def test_mask_hook_gives_region_index():
 
 @pytest.mark.parametrize("generator", ["paper", "basis"])
 def test_eval_mode_backward_channels_last_and_batch_one(generator):
-    layer = DRConv2d(8, 16, regions=4, generator=generator).eval()
+    layer = DRConv2d(8, 16, regions=4, generator=generator, init="spread").eval()
     x = torch.randn(1, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
     y = layer(x)
     y.square().sum().backward()
@@ -130,7 +135,7 @@ def test_eval_mode_backward_channels_last_and_batch_one(generator):
                                               ("basis", "dense", 3)])
 def test_autocast_layer(dtype, generator, path, k):
     torch.manual_seed(0)
-    layer = DRConv2d(8, 16, k, padding=k // 2, regions=4, generator=generator, basis_path=path)
+    layer = DRConv2d(8, 16, k, padding=k // 2, regions=4, generator=generator, basis_path=path, init="spread")
     x = torch.randn(2, 8, 6, 6)
     masks = []
     layer.guide.register_forward_hook(lambda mod, inp, out: masks.append(out.argmax(1)))
@@ -200,12 +205,30 @@ def test_auto_basis_path_choice():
 
 
 @pytest.mark.parametrize("generator", ["paper", "basis"])
+def test_static_init_trains_regions_apart_and_guide_gets_gradient(generator):
+    # init="static": the layer starts as a conv, so the first mask gradient is exactly zero (all g_j equal);
+    # one SGD step on the filters separates the regions and the guide then receives a gradient.
+    torch.manual_seed(0)
+    layer = DRConv2d(16, 24, 1, generator=generator).double()
+    x = torch.randn(4, 16, 6, 6, dtype=torch.float64)
+    target = torch.randn(4, 24, 6, 6, dtype=torch.float64)
+    ((layer(x) - target) ** 2).mean().backward()
+    assert layer.guide.weight.grad.abs().max() < 1e-12
+    with torch.no_grad():
+        for p in layer.filter_generator.parameters():
+            p -= 0.5 * p.grad
+    layer.zero_grad()
+    ((layer(x) - target) ** 2).mean().backward()
+    assert layer.guide.weight.grad.abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("generator", ["paper", "basis"])
 def test_step0_region_filters_start_correlated(generator):
     # Independent random filters per region make every mask flip swap a pixel to an unrelated filter; with the
     # paper generator this stalled DRConv-MobileFaceNet's training from scratch. Regions must start similar
     # (yet differ, see the spread check above).
     torch.manual_seed(0)
-    layer = DRConv2d(64, 128, 1, generator=generator)
+    layer = DRConv2d(64, 128, 1, generator=generator, init="spread")
     with torch.no_grad():
         filters = layer.filter_generator(torch.randn(4, 64, 8, 8)).flatten(2)  # (B, m, O*C)
         unit = filters / filters.norm(dim=2, keepdim=True)

@@ -99,7 +99,7 @@ def test_backward_never_builds_more_than_a_chunk_of_filters(monkeypatch):
 
 def test_layer_paths_agree_and_auto_rule(monkeypatch):
     torch.manual_seed(0)
-    layer = DRConv2d(8, 12, 1, regions=4, generator="paper").double()
+    layer = DRConv2d(8, 12, 1, regions=4, generator="paper", init="spread").double()
     x = torch.randn(2, 8, 6, 6, dtype=torch.float64, requires_grad=True)
     calls = []
     monkeypatch.setattr("facerec.nn.drconv.paper_region_conv2d",
