@@ -7,10 +7,11 @@ encoded images (pair k = ``bins[2k]``, ``bins[2k+1]``), ``issame`` P booleans. I
 
 Untrusted files (``docs/security.md``): a ``.bin`` is never given to ``pickle.load``. Its opcodes are first
 listed without executing anything (``pickletools.genops``, which also proves every length field fits in the
-file); a file with an opcode or a global outside what InsightFace's Python-2/3 files and :func:`write_bin`
-contain (byte strings, lists, tuples, booleans, ``_codecs.encode`` of latin-1 text, numpy arrays, dtypes
-and scalars) is refused with a ValueError naming the file, the byte offset and the global. The remaining
-file is loaded by an unpickler whose ``find_class`` hands out only guarded versions of those few callables.
+file; a memo index larger than the file is refused too). A file with an opcode or a global outside what
+InsightFace's Python-2/3 files and :func:`write_bin` contain (byte strings, lists, tuples, booleans,
+``_codecs.encode`` of latin-1 text, numpy arrays, dtypes and scalars) is refused with a ValueError naming
+the file, the byte offset and the global. The remaining file is loaded by an unpickler whose ``find_class``
+hands out only guarded versions of those few callables.
 
 CLI: ``facerec-make-bin FOLDER PAIRS.txt OUT.bin`` (:mod:`facerec.cli.make_bin`) builds a ``.bin`` from aligned images
 ``FOLDER/<name>/<name>_<num:04d>.<ext>`` and an LFW-style pairs file.
@@ -149,6 +150,9 @@ def _scan_opcodes(data: bytes, path: Path) -> None:
             if op.name not in _DATA_OPCODES:
                 raise ValueError(f"{path}: byte offset {pos}: refused pickle opcode {op.name} (a verification "
                                  f".bin holds only data; nothing was executed)")
+            if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= len(data):
+                raise ValueError(f"{path}: byte offset {pos}: memo index {arg} beyond the file's {len(data)} "
+                                 f"bytes (the unpickler would allocate a memo table that large)")
             if op.name == "GLOBAL":
                 module, _, name = str(arg).partition(" ")
                 if (module, name) not in _ALLOWED_GLOBALS:

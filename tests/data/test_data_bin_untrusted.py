@@ -140,3 +140,11 @@ def test_real_insightface_bin_reads(shared_data):
     images, issame = read_bin(path)
     assert images.shape == (2 * len(issame), 112, 112, 3) and len(issame) == 749
     assert images.dtype == np.uint8 and issame.all()  # this file lists positive pairs only (749 NEWTRUE)
+
+
+def test_huge_memo_index_is_refused(tmp_path):
+    # found by the fuzz suite: LONG_BINPUT 55257236 made the unpickler allocate an 843 MB memo table
+    blob = b"\x80\x04]r" + struct.pack("<I", 55_257_236) + b"."
+    (tmp_path / "memo.bin").write_bytes(blob)
+    with pytest.raises(ValueError, match=r"memo\.bin: byte offset 3: memo index 55257236 beyond"):
+        read_bin_encoded(tmp_path / "memo.bin")
