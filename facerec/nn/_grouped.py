@@ -87,6 +87,13 @@ class GroupPlan:
         if strategy == "padded":
             self._plan_padding(group, counts)
 
+    def inverse(self) -> Tensor:
+        """(N,) position of every original row in the sorted order (the inverse of ``perm``), built once."""
+        if getattr(self, "_inverse", None) is None:
+            self._inverse = torch.empty_like(self.perm)
+            self._inverse[self.perm] = torch.arange(self.num_rows, device=self.perm.device)
+        return self._inverse
+
     def _plan_padding(self, group: Tensor, counts: Tensor) -> None:
         device = group.device
         starts = counts.cumsum(0) - counts
@@ -133,8 +140,8 @@ class GroupPlan:
             if not _aligned(weights):
                 weights = weights.contiguous()
             sorted_out = torch._grouped_mm(rows.index_select(0, self.perm), weights, offs=self.offsets)
-            out = torch.empty_like(sorted_out)
-            return out.index_copy_(0, self.perm, sorted_out)
+            # Back to row order with a gather: index_copy_ (a scatter) measured ~4x slower on CPU at 56x56.
+            return sorted_out.index_select(0, self.inverse())
         # Padding rows are never read back (each output row depends on its own input row only): no zeroing.
         flat = self._pad(rows, zero=False)
         out = rows.new_empty(self.padded_rows, out_cols)
