@@ -13,9 +13,10 @@ flips), and logs every ``--log-every`` steps, as JSON lines:
 It is a diagnostic, not the study (``benchmarks/real_faces.py`` is the study); it bypasses the runner to
 keep the loop in one screen. The data are read once and cached as a uint8 .npy beside the packed set.
 
-Usage:
+Usage (model keywords with --set, e.g. the layer before the fix: --set init=spread --set guide_norm=false):
     .venv/bin/python benchmarks/drconv_dynamics.py --model drconv_mobilefacenet --steps 200 --lr 0.1 \\
-        [--warmup 0] [--batch 64] [--seed 0] [--threads 2] [--set generator=basis] [--out run.jsonl]
+        [--warmup 0] [--batch 64] [--seed 0] [--threads 2] [--set generator=basis] [--guide-lr-mult 0.1] \\
+        [--out run.jsonl]
 """
 from __future__ import annotations
 
@@ -111,30 +112,6 @@ class GuideProbe:
         return stats
 
 
-def _static_init(model: torch.nn.Module) -> None:
-    """Every paper generator: all regions share region 0's static filter and the dynamic part V is zero."""
-    from facerec.nn.generators import PaperFilterGenerator
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, PaperFilterGenerator):
-                bias = mod.expand.bias.view(mod.regions, -1)
-                bias.copy_(bias[:1].expand_as(bias))
-                mod.expand.weight.zero_()
-
-
-class _NormalizedGuide(torch.nn.Conv2d):
-    """Conv2d whose output goes through BatchNorm2d(affine=False): the guide logits keep unit scale."""
-
-    def forward(self, x):
-        return self.norm(super().forward(x))
-
-
-def _guide_bn(model: torch.nn.Module) -> None:
-    for _, conv in guide_modules(model):
-        conv.__class__ = _NormalizedGuide
-        conv.add_module("norm", torch.nn.BatchNorm2d(conv.out_channels, affine=False))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="drconv_mobilefacenet")
@@ -147,9 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--grad-clip", type=float, default=0.0)
     ap.add_argument("--guide-lr-mult", type=float, default=1.0, help="lr multiplier of the guide convs")
-    ap.add_argument("--static-init", action="store_true",
-                    help="start every paper-generator DRConv as a static conv: all regions one filter, V = 0")
-    ap.add_argument("--guide-bn", action="store_true", help="BatchNorm (no affine) on every guide's output")
+
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=None)
@@ -160,10 +135,6 @@ def main(argv=None) -> int:
     num_classes = int(labels.max()) + 1
     model = create_model(args.model, input_size=(112, 96), embedding_size=128, **_parse_set(args.set))
     head = create_head("amsoftmax", 128, num_classes, scale=30.0, margin=0.35)
-    if args.static_init:
-        _static_init(model)
-    if args.guide_bn:
-        _guide_bn(model)
     groups = param_groups(model, head, 4e-5, 4e-4)
     guide_ids = {id(m.weight) for _, m in guide_modules(model)} | {id(m.bias) for _, m in guide_modules(model)
                                                                    if m.bias is not None}
