@@ -209,6 +209,30 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def export_pretrained(records: list[dict], out: Path, dest: Path) -> list[Path]:
+    """The best seed (10-fold accuracy) of each variant -> ``dest/<variant>.pt``: backbone weights (float16) + config.
+
+    The files hold {"config", "model", "card"} and load with ``facerec.models.load_backbone``.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for variant in VARIANTS:
+        mine = [r for r in records if r["variant"] == variant]
+        if not mine:
+            continue
+        best = max(mine, key=lambda r: r["accuracy"])
+        ckpts = sorted((out / f"{variant}_s{best['seed']}").glob("ckpt_*.pt"))
+        state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
+        card = {k: best[k] for k in ("variant", "seed", "steps", "warmup", "batch", "lr", "accuracy", "accuracy_std",
+                                     "tar_far1e-3", "rank1", "final_loss")}
+        path = dest / f"{variant}.pt"
+        # float16 halves the files (DRConv's paper generator holds 13.6M parameters); load_state_dict casts back.
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+        torch.save({"config": state["config"], "model": weights, "card": card}, path)
+        written.append(path)
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -221,6 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="0/1", help="K/N: this process takes runs K, K+N, K+2N, ...")
     ap.add_argument("--report", action="store_true", help="print the table of finished runs; train nothing")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary rows here")
+    ap.add_argument("--export-pretrained", type=Path, default=None, metavar="DIR",
+                    help="write the best seed's backbone of each finished variant to DIR/<variant>.pt")
     args = ap.parse_args(argv)
     runs = DEFAULT_RUNS if not args.runs else [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs]
     for variant, _ in runs:
@@ -240,6 +266,9 @@ def main(argv=None) -> int:
     print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.export_pretrained:
+        for path in export_pretrained(records, args.out, args.export_pretrained):
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
