@@ -233,6 +233,42 @@ def export_pretrained(records: list[dict], out: Path, dest: Path) -> list[Path]:
     return written
 
 
+def stability_table(records: list[dict], warmup: int) -> str:
+    """Per run: loss at the end of the warm-up, at the middle and end of the full-lr phase, finiteness, falling."""
+    lines = ["| run | loss @ warm-up end | @ mid full lr | @ end of full lr | final | all finite | falling |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
+        curve = dict((int(s), v) for s, v in r["loss_curve"])
+        full_end = min(milestones(r["steps"]) or [r["steps"]])
+
+        def at(step):
+            near = min(curve, key=lambda s: abs(s - step))
+            return near, curve[near]
+        (s0, l0), (s1, l1), (s2, l2) = at(warmup), at((warmup + full_end) // 2), at(full_end)
+        finite = all(math.isfinite(v) for v in curve.values())
+        lines.append(f"| {r['variant']} s{r['seed']} | {l0:.2f} (step {s0}) | {l1:.2f} ({s1}) | {l2:.2f} ({s2}) | "
+                     f"{r['final_loss']:.2f} | {'yes' if finite else 'NO'} | {'yes' if l2 < l1 < l0 else 'no'} |")
+    return "\n".join(lines)
+
+
+def plot_losses(records: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = dict(zip(VARIANTS, ("#000000", "#D55E00", "#0072B2", "#009E73")))
+    for r in sorted(records, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
+        steps, losses = zip(*r["loss_curve"])
+        ax.plot(steps, losses, color=colours[r["variant"]], linestyle="-" if r["seed"] == 0 else "--",
+                label=f"{r['variant']} seed {r['seed']}")
+    ax.set_xlabel("step (batch 64)")
+    ax.set_ylabel("training loss (AM-Softmax)")
+    ax.set_title("real-faces-323/train, lr 0.1 after a 50-step warm-up")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -245,6 +281,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="0/1", help="K/N: this process takes runs K, K+N, K+2N, ...")
     ap.add_argument("--report", action="store_true", help="print the table of finished runs; train nothing")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary rows here")
+    ap.add_argument("--plot", type=Path, default=None, help="write the loss curves of finished runs (PNG)")
     ap.add_argument("--export-pretrained", type=Path, default=None, metavar="DIR",
                     help="write the best seed's backbone of each finished variant to DIR/<variant>.pt")
     args = ap.parse_args(argv)
@@ -264,6 +301,11 @@ def main(argv=None) -> int:
     records = [r for r in records if (r["variant"], r["seed"]) in set(runs)]
     rows = summarize(records)
     print(format_table(rows))
+    if records:
+        print()
+        print(stability_table(records, args.warmup))
+    if args.plot and records:
+        plot_losses(records, args.plot)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.export_pretrained:
