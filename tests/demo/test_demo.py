@@ -47,3 +47,14 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert 0.0 <= summary["megaface"]["rank1"] <= 1.0
     assert Path(summary["mask_figure"]).is_file()
     assert "| total |" in capsys.readouterr().out
+
+
+def test_importing_the_library_leaves_the_environment_alone():
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); import facerec.demo, facerec.models, facerec.train; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
