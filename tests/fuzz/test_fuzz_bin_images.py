@@ -12,7 +12,7 @@ from fuzzkit import check_reader, mutated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from facerec.data.codec import encode_image, read_rgb
+from facerec.data.codec import decode_rgb, encode_image, read_rgb
 from facerec.data.verification import read_bin, write_bin
 
 BIN_WHERE = r"byte offset \d+|image \d+|issame|refused|pairs|pair\)|bins must|expected a pickled"
@@ -92,6 +92,8 @@ def image_bases():
     gif = io.BytesIO()
     Image.fromarray(rgb).convert("P").save(gif, format="GIF")
     bases["gif"] = gif.getvalue()
+    for data in bases.values():  # first use loads Pillow's plugins (about a second): not the reader's cost
+        decode_rgb(data)
     return bases
 
 
