@@ -315,9 +315,11 @@ BASE_KEY = "base"
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"cannot read config file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {path}: not UTF-8 text at byte {exc.start}: {exc.reason}") from exc
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

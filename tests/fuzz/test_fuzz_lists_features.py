@@ -117,9 +117,6 @@ def test_fuzz_checkpoint(tmp_path, fuzz_settings):
     run()
 
 
-@pytest.mark.xfail(raises=AssertionError, strict=True,
-                   reason="facerec/config.py (another owner's file, reported): a config with undecodable bytes "
-                          "raises a bare UnicodeDecodeError that does not name the file")
 def test_fuzz_yaml_config(tmp_path, fuzz_settings):
     save_config(Config(name="fuzz"), tmp_path / "base.yaml")
     base = (tmp_path / "base.yaml").read_bytes()
