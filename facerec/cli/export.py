@@ -1,6 +1,6 @@
 """``facerec-export``: a trained checkpoint as an ONNX file, checked against PyTorch with onnxruntime.
 
-    facerec-export --checkpoint runs/demo/ckpt_00000200.pt --out model.onnx
+    facerec-export --checkpoint runs/demo/ckpt_00000070.pt --out model.onnx
     facerec-export --model drconv_mobilefacenet --out untrained.onnx      (fresh weights, e.g. to try a runtime)
 
 The file maps ``images`` (B, 3, H, W) float RGB, normalised as (x / 255 - 0.5) / 0.5, to ``embeddings``

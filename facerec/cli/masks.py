@@ -1,6 +1,6 @@
 """Guided-mask figures of a DRConv model, as the DRConv paper's Fig. 3 (arXiv 2003.12243).
 
-  facerec-masks --checkpoint runs/demo/ckpt_00000200.pt --images faces/ --layers all --out figs/masks
+  facerec-masks --checkpoint runs/demo/ckpt_00000070.pt --images faces/ --layers all --out figs/masks
   facerec-masks --checkpoint CKPT --images a.jpg b.pgm data/train.rec lfw.bin --layers 0,8,-1 \\
       --format png,pdf,svg --dpi 600 --out figs/masks
   facerec-masks --checkpoint CKPT --list-layers
