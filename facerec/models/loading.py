@@ -18,13 +18,28 @@ from facerec.config import ModelConfig, config_from_dict
 
 from .registry import create_model
 
-__all__ = ["build_backbone", "load_backbone", "read_backbone_state"]
+__all__ = ["build_backbone", "load_backbone", "read_backbone_state", "read_torch_file"]
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """``create_model(name, input_size, embedding_size, **options)``: (N, 3, H, W) -> (N, D)."""
     return create_model(cfg.name, input_size=tuple(cfg.input_size), embedding_size=cfg.embedding_size,
                         **cfg.options)
+
+
+def read_torch_file(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, nothing executed.
+
+    Raises:
+        ValueError: the file is missing, truncated or not a torch file; the message names it.
+    """
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise ValueError(f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read; it is "
+                         f"truncated or not a torch file: {type(exc).__name__}: {exc}") from exc
 
 
 def read_backbone_state(path: str | Path, map_location: Any = "cpu") -> tuple[ModelConfig, dict]:
@@ -35,13 +50,7 @@ def read_backbone_state(path: str | Path, map_location: Any = "cpu") -> tuple[Mo
             ``config`` / ``model`` entries; the message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        raise ValueError(f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read; it is "
-                         f"truncated or not a torch file: {type(exc).__name__}: {exc}") from exc
+    state = read_torch_file(path, map_location)
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "model" not in state:
         keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a facerec checkpoint: expected a dict with 'config' and 'model', "

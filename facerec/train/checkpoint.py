@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from facerec.models.loading import load_backbone  # re-exported: the one loader lives with the models
+from facerec.models.loading import load_backbone, read_torch_file  # load_backbone re-exported
 
 __all__ = [
     "FORMAT_VERSION", "CheckpointWriteError", "capture_rng_state", "checkpoint_path", "find_resume_checkpoint",
@@ -109,13 +109,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             message names the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        raise ValueError(f"checkpoint {path} ({path.stat().st_size} bytes) cannot be read; it is "
-                         f"truncated or not a torch file: {type(exc).__name__}: {exc}") from exc
+    state = read_torch_file(path, map_location)
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
         keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a facerec checkpoint: expected a dict with keys "
