@@ -67,7 +67,9 @@ def test_readme_shape():
                   "## Verify on .bin sets", "## Draw masks for a paper", "## Use from Python", "## Results",
                   "### Demo", "### Real faces", "### Speed"):
         assert f"\n{title}\n" in README, title
-    assert "docs/demo_masks.png" in README and (ROOT / "docs" / "demo_masks.png").is_file()
+    assert "docs/real_masks.png" in README and (ROOT / "docs" / "real_masks.png").is_file()
+    for link in re.findall(r"\]\((docs/[^)#]+|data/[^)#]+)", README):      # every linked file exists
+        assert (ROOT / link).exists(), link
 
 
 def test_quick_start_is_one_block_of_two_commands():
