@@ -12,7 +12,8 @@ the project end to end on the embedded synthetic set (nothing is downloaded):
 5. one summary table (also written as ``summary.md`` / ``summary.json`` into the run folder).
 
 ``--quick`` shrinks every stage (fewer identities, steps and distractors) for a smoke run in CI; the numbers
-it prints are not meant to be good. The command line itself (argv, printed table) is in facerec.cli.demo.
+it prints are not meant to be good. The command line itself (argv, printed table) is the ``facerec-demo``
+console script.
 Importing this module changes nothing in the process (no environment variables, no files).
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ InsightFace's Python-2/3 files and :func:`write_bin` contain (byte strings, list
 the file, the byte offset and the global. The remaining file is loaded by an unpickler whose ``find_class``
 hands out only guarded versions of those few callables.
 
-CLI: ``facerec-make-bin FOLDER PAIRS.txt OUT.bin`` (:mod:`facerec.cli.make_bin`) builds a ``.bin`` from aligned images
+Command line: ``facerec-make-bin FOLDER PAIRS.txt OUT.bin`` builds a ``.bin`` from aligned images
 ``FOLDER/<name>/<name>_<num:04d>.<ext>`` and an LFW-style pairs file.
 """
 from __future__ import annotations

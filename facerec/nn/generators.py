@@ -71,7 +71,8 @@ class PaperFilterGenerator(nn.Module):
     """The paper's two-conv generator: x (B, C, H, W) -> filters (B, m, O, C, k, k).
 
     hidden_channels h must be a multiple of m (each region's group sees h/m hidden units). Parameters:
-    C*h + h (first conv) and h*O*C*k^2 + m*O*C*k^2 (second conv): (h/m + 1) * m times a plain conv's.
+    C*h + h (first conv), h*O*C*k^2 + m*O*C*k^2 (second conv) and O*C*k^2 (``shared``): (h/m + 1) * m + 1
+    times a plain conv's.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], regions: int,
