@@ -61,10 +61,9 @@ class DRConv2d(nn.Module):
         basis_path: "auto" (by output size, r and grad mode), "dense" (one conv with r*O outputs + mix) or
             "gather" (materialise the m filters, region_conv2d). Only for generator="basis".
         paper_path: "auto" (structured for 1x1 kernels without padding at outputs of at most 14x14, else
-            gather), "structured"
-            (``facerec.nn.structured.paper_region_conv2d``: per-region GEMMs against the generator's static
-            kernels, no per-sample filter tensor; 1x1 only) or "gather" (materialise the m filters,
-            region_conv2d). Only for generator="paper".
+            gather), "structured" (``facerec.nn.structured.paper_region_conv2d``: per-region GEMMs against the
+            generator's static kernels, no per-sample filter tensor; 1x1 only) or "gather" (materialise the m
+            filters, region_conv2d). Only for generator="paper".
         guide_norm, guide_grad_scale: the guide's BatchNorm (affine-free) and gradient scale (see
             ``facerec.nn.guide.GuideConv`` for why); they apply to the layer's own guide (not external_guide).
         init: "static" (default: every region starts as the same filter and the dynamic part at zero, so the
@@ -98,8 +97,7 @@ class DRConv2d(nn.Module):
         self.dilation = _pair(dilation, "dilation")
         self.generator, self.basis_path, self.external_guide = generator, basis_path, external_guide
         self.paper_path = paper_path
-        pointwise = self.kernel_size == (1, 1) and self.padding == (0, 0)
-        if generator == "paper" and paper_path == "structured" and not pointwise:
+        if generator == "paper" and paper_path == "structured" and (self.kernel_size, self.padding) != ((1, 1), (0, 0)):
             raise ValueError(f"paper_path='structured' needs a 1x1 kernel without padding, got kernel_size="
                              f"{self.kernel_size}, padding={self.padding}")
         self.guide = None if external_guide else GuideConv(in_channels, regions, self.kernel_size, self.stride,

@@ -1,8 +1,8 @@
 """Structured DRConv for the paper generator (Chen et al., CVPR 2021, section 3.3, Fig. 2b), 1x1 kernels.
 
 The paper generator makes every region's filter an affine mix of static kernels: with hidden width
-h = t*m, ``W_bj = A_j + sum_t s_bjt V_jt`` where ``A_j`` (the grouped expand conv's bias) and ``V_jt`` (its
-weights) are static and ``s_bjt = sigmoid(...)`` are per-sample coefficients. ``paper_region_conv2d`` computes
+h = t*m, ``W_bj = A_j + sum_t s_bjt V_jt`` where ``A_j`` (the generator's ``shared`` filter plus the grouped
+expand conv's bias) and ``V_jt`` (its weights) are static and ``s_bjt = sigmoid(...)`` are per-sample coefficients. ``paper_region_conv2d`` computes
 the DRConv output ``Y_p = W_{b, M_p} x_p`` (M_p = argmax_j F_p, ties to the lowest index) from that structure
 without the B*m*O*C tensor of per-sample filters:
 
@@ -42,7 +42,7 @@ def _use_grouped_mm(*tensors: Tensor) -> bool:
     strides, CUDA bf16 on compute capability 9.0+. Elsewhere (float64, older GPUs, CUDA float32) the m region
     GEMMs are plain mm calls: m calls per pass, not B*m, and one host sync for the region sizes."""
     t = tensors[0]
-    aligned = all(_grouped_mm_ok(x.dtype, x.shape[-1], x.shape[-1]) and _aligned(x) for x in tensors)
+    aligned = all(_grouped_mm_ok(x.dtype, x.shape[-2], x.shape[-1]) and _aligned(x) for x in tensors)
     if t.device.type == "cuda":
         return aligned and t.dtype == torch.bfloat16 and torch.cuda.get_device_capability(t.device) >= (9, 0)
     return aligned and t.device.type == "cpu"
@@ -214,7 +214,7 @@ def paper_region_conv2d(input: Tensor, guide: Tensor, coef: Tensor, static: Tens
         input: (B, C, H, W).
         guide: (B, m, Ho, Wo), the guided feature F (Ho, Wo = the strided input grid).
         coef: (B, m, t): per-sample coefficients (the paper generator's sigmoid outputs, t = h / m).
-        static: (m, O, C): per-region static kernel (the generator's expand bias).
+        static: (m, O, C): per-region static kernel (the generator's ``shared`` + expand bias).
         dynamic: (m, t, O, C): per-region kernels scaled by coef (the generator's expand weights).
         stride: int or pair (1x1 kernel, no padding).
 
