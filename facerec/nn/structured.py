@@ -3,8 +3,8 @@
 The paper generator makes every region's filter an affine mix of static kernels: with hidden width
 h = t*m, ``W_bj = A_j + sum_t s_bjt V_jt`` where ``A_j`` (the generator's ``shared`` filter plus the grouped
 expand conv's bias) and ``V_jt`` (its weights) are static and ``s_bjt = sigmoid(...)`` are per-sample
-coefficients. ``paper_region_conv2d`` computes the DRConv output ``Y_p = W_{b, M_p} x_p`` (M_p = argmax_j F_p, ties to the lowest index) from that structure
-without the B*m*O*C tensor of per-sample filters:
+coefficients. ``paper_region_conv2d`` computes the DRConv output ``Y_p = W_{b, M_p} x_p`` (M_p = argmax_j F_p,
+ties to the lowest index) from that structure without the B*m*O*C tensor of per-sample filters:
 
 * forward: pixels of the whole batch sorted by region; one GEMM per region against the stacked static kernels
   ``[A_j; V_j1; ...; V_jt]`` ((1+t)*O outputs: (1+t) conv units of MACs in m large GEMMs, not B*m small ones),
