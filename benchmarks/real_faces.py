@@ -55,6 +55,11 @@ VARIANTS = ("mobilefacenet", "drconv_mobilefacenet", "condconv_mobilefacenet", "
 # ones) and the first run of each process is a first seed.
 DEFAULT_RUNS = (("drconv_mobilefacenet", 0), ("mobilefacenet", 0), ("mobilefacenet", 1),
                 ("drconv_mobilefacenet", 1), ("condconv_mobilefacenet", 0), ("local_mobilefacenet", 0))
+# DRConv settings other than the shipped defaults, run as "drconv_mobilefacenet@<setting>:<seed>" with the same
+# recipe: the official code's shared-basis generator, and the guide's gradient (Eq.7-8) scaled by 0.1.
+SETTINGS = {"basis": ["model.options.generator=basis"], "guide0.1": ["model.options.guide_grad_scale=0.1"]}
+SETTING_RUNS = (("drconv_mobilefacenet@guide0.1", 0), ("drconv_mobilefacenet@basis", 0),
+                ("drconv_mobilefacenet@guide0.1", 1), ("drconv_mobilefacenet@basis", 1))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "real-faces-323"
 INPUT_SIZE = (112, 96)
 BALANCED_PAIRS = 3000
@@ -115,8 +120,23 @@ def milestones(steps: int) -> list[int]:
     return sorted({m for m in (steps * 5 // 6, steps * 19 // 20) if 0 < m < steps})
 
 
-def study_config(variant: str, rec_dir: Path, out_dir: Path, *, seed: int, steps: int, warmup: int, batch: int,
+def split_name(name: str) -> tuple[str, list[str]]:
+    """"variant" or "variant@setting" -> (variant, config overrides of the setting)."""
+    variant, _, setting = name.partition("@")
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if setting and setting not in SETTINGS:
+        raise SystemExit(f"unknown setting {setting!r} in {name!r}; valid: {', '.join(SETTINGS)}")
+    return variant, SETTINGS.get(setting, [])
+
+
+def _order(name: str) -> tuple[int, str]:
+    return VARIANTS.index(split_name(name)[0]), name
+
+
+def study_config(name: str, rec_dir: Path, out_dir: Path, *, seed: int, steps: int, warmup: int, batch: int,
                  lr: float):
+    variant, extra = split_name(name)
     overrides = [
         f"name=real_faces_{variant}", f"model.input_size={INPUT_SIZE[0]},{INPUT_SIZE[1]}", f"data.path={rec_dir}",
         f"data.batch_size={batch}", "data.num_workers=0", f"optim.lr={lr}", f"schedule.total_steps={steps}",
@@ -125,6 +145,7 @@ def study_config(variant: str, rec_dir: Path, out_dir: Path, *, seed: int, steps
         "train.resume=auto", f"train.out_dir={out_dir}", "train.tensorboard=false",
         f"train.log_every={max(1, steps // 20)}",
         "eval.sets=[]", "eval.every=0", f"checkpoint.every={max(1, steps // 4)}", "checkpoint.keep=1",
+        *extra,
     ]
     return load_config(ROOT / "configs" / f"ms1mv2_{variant}.yaml", overrides)
 
@@ -156,7 +177,8 @@ def run_one(variant: str, seed: int, rec_dir: Path, out: Path, images, labels, a
         return json.loads(done.read_text())
     cfg = study_config(variant, rec_dir, run_dir, seed=seed, steps=args.steps, warmup=args.warmup,
                        batch=args.batch, lr=args.lr)
-    resumed = any(run_dir.glob("ckpt_*.pt"))
+    ckpts = sorted(run_dir.glob("ckpt_*.pt"))
+    resumed_from = int(ckpts[-1].stem.split("_")[-1]) if ckpts else 0     # CPU time covers the steps after it
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = train(cfg)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -168,7 +190,8 @@ def run_one(variant: str, seed: int, rec_dir: Path, out: Path, images, labels, a
     losses = [(r["step"], r["loss"]) for r in losses if "loss" in r and "step" in r]
     record = {"variant": variant, "seed": seed, "steps": args.steps, "warmup": args.warmup, "batch": args.batch,
               "lr": args.lr, **score(feats, labels), "final_loss": losses[-1][1] if losses else math.nan,
-              "loss_curve": losses, "cpu_s": cpu, "wall_s": wall, "resumed": resumed}
+              "loss_curve": losses, "cpu_s": cpu, "wall_s": wall, "resumed": resumed_from > 0,
+              "resumed_from": resumed_from}
     done.write_text(json.dumps(record, indent=1))
     return record
 
@@ -177,7 +200,7 @@ def summarize(records: list[dict]) -> list[dict]:
     """One row per variant: mean and sample std (0 for one seed) of every metric, CPU s/step ratio to plain."""
     rows = []
     per_step = {}
-    for variant in VARIANTS:
+    for variant in sorted({r["variant"] for r in records}, key=_order):
         mine = sorted((r for r in records if r["variant"] == variant), key=lambda r: r["seed"])
         if not mine:
             continue
@@ -185,8 +208,11 @@ def summarize(records: list[dict]) -> list[dict]:
         for key in ("accuracy", "tar_far1e-3", "rank1", "final_loss"):
             values = [r[key] for r in mine]
             row[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, values)
-        per_step[variant] = statistics.mean(r["cpu_s"] / r["steps"] for r in mine if not r.get("resumed"))  \
-            if any(not r.get("resumed") for r in mine) else math.nan
+        # A resumed run's CPU time covers the steps after its checkpoint (``resumed_from``; older records
+        # without it are left out of the ratio).
+        timed = [r["cpu_s"] / (r["steps"] - r.get("resumed_from", 0)) for r in mine
+                 if not r.get("resumed") or r.get("resumed_from", 0) > 0]
+        per_step[variant] = statistics.mean(timed) if timed else math.nan
         rows.append(row)
     base = per_step.get("mobilefacenet", math.nan)
     for row in rows:
@@ -216,7 +242,7 @@ def export_pretrained(records: list[dict], out: Path, dest: Path) -> list[Path]:
     """
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    for variant in VARIANTS:
+    for variant in VARIANTS:           # the shipped settings only
         mine = [r for r in records if r["variant"] == variant]
         if not mine:
             continue
@@ -237,7 +263,7 @@ def stability_table(records: list[dict], warmup: int) -> str:
     """Per run: loss at the end of the warm-up, at the middle and end of the full-lr phase, finiteness, falling."""
     lines = ["| run | loss @ warm-up end | @ mid full lr | @ end of full lr | final | all finite | falling |",
              "|---|---|---|---|---|---|---|"]
-    for r in sorted(records, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
+    for r in sorted(records, key=lambda r: (_order(r["variant"]), r["seed"])):
         curve = dict((int(s), v) for s, v in r["loss_curve"])
         full_end = min(milestones(r["steps"]) or [r["steps"]])
 
@@ -257,7 +283,9 @@ def plot_losses(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     colours = dict(zip(VARIANTS, ("#000000", "#D55E00", "#0072B2", "#009E73")))
-    for r in sorted(records, key=lambda r: (VARIANTS.index(r["variant"]), r["seed"])):
+    for r in sorted(records, key=lambda r: (_order(r["variant"]), r["seed"])):
+        if r["variant"] not in colours:
+            continue
         steps, losses = zip(*r["loss_curve"])
         ax.plot(steps, losses, color=colours[r["variant"]], linestyle="-" if r["seed"] == 0 else "--",
                 label=f"{r['variant']} seed {r['seed']}")
@@ -277,7 +305,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=50)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--runs", nargs="*", default=None, help="variant:seed items (default: the study's six runs)")
+    ap.add_argument("--runs", nargs="*", default=None,
+                    help="variant[@setting]:seed items, or 'settings' for the DRConv settings' four runs (default: "
+                         "the study's six runs)")
     ap.add_argument("--only", default="0/1", help="K/N: this process takes runs K, K+N, K+2N, ...")
     ap.add_argument("--report", action="store_true", help="print the table of finished runs; train nothing")
     ap.add_argument("--json", type=Path, default=None, help="also write the summary rows here")
@@ -285,10 +315,19 @@ def main(argv=None) -> int:
     ap.add_argument("--export-pretrained", type=Path, default=None, metavar="DIR",
                     help="write the best seed's backbone of each finished variant to DIR/<variant>.pt")
     args = ap.parse_args(argv)
-    runs = DEFAULT_RUNS if not args.runs else [(r.split(":")[0], int(r.split(":")[1])) for r in args.runs]
-    for variant, _ in runs:
-        if variant not in VARIANTS:
-            raise SystemExit(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
+    if not args.runs:
+        runs = list(DEFAULT_RUNS)
+    elif args.runs == ["settings"]:
+        runs = list(SETTING_RUNS)
+    else:
+        runs = []
+        for item in args.runs:
+            name, _, seed = item.rpartition(":")
+            if not name or not seed.isdigit():
+                raise SystemExit(f"--runs items are variant[@setting]:seed, got {item!r}")
+            runs.append((name, int(seed)))
+    for name, _ in runs:
+        split_name(name)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report:
         k, n = (int(v) for v in args.only.split("/"))
@@ -298,7 +337,8 @@ def main(argv=None) -> int:
             print(f"{variant} seed {seed}: acc {rec['accuracy']:.4f} TAR@1e-3 {rec['tar_far1e-3']:.4f} rank-1 "
                   f"{rec['rank1']:.4f} loss {rec['final_loss']:.3f} ({rec['cpu_s']:.0f} CPU s)", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(args.out.glob("*_s*/result.json"))]
-    records = [r for r in records if (r["variant"], r["seed"]) in set(runs)]
+    wanted = set(runs) | (set(SETTING_RUNS) if args.report and not args.runs else set())
+    records = [r for r in records if (r["variant"], r["seed"]) in wanted]
     rows = summarize(records)
     print(format_table(rows))
     if records:
