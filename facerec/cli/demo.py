@@ -1,22 +1,22 @@
 """``facerec-demo``: the command line of :mod:`facerec.demo` (argv parsing and the printed summary).
 
-OpenMP threads that spin while waiting stall badly when another process shares the cores (seen on a busy
-2-core machine: 2-3 samples/s instead of 10-30), so ``main`` sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user
-set it, before torch is imported (it has no effect when torch was imported earlier in the process). The
-library itself leaves the environment alone.
+``main`` first prepares the process (``facerec.cli._runtime.prepare_process``: ``OMP_WAIT_POLICY=PASSIVE``
+unless set, glibc malloc kept from unmapping large tensors), before torch is imported. The library itself
+leaves the environment alone.
 """
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+
+from facerec.cli._runtime import prepare_process
 
 __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    prepare_process()
     from facerec.demo import QUICK_OVERRIDES, format_summary, log, run_demo
 
     parser = argparse.ArgumentParser(prog="facerec-demo", description="The one-command demo: synthetic faces -> "

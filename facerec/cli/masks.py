@@ -11,6 +11,8 @@ Writes OUT/figure.{png,pdf,svg}, OUT/grid.png, OUT/masks/L??_<layer>.npy and OUT
 import argparse
 import sys
 
+from facerec.cli._runtime import prepare_process
+
 __all__ = ["build_parser", "main"]
 
 
@@ -48,6 +50,7 @@ def _load_model(args):
 
 
 def main(argv=None) -> int:
+    prepare_process()
     args = build_parser().parse_args(argv)
     from facerec.viz import find_mask_layers, load_images, mask_shapes, render_mask_figure
 

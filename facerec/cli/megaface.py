@@ -14,6 +14,8 @@ import argparse
 import logging
 import sys
 
+from facerec.cli._runtime import prepare_process
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facerec-megaface", description=__doc__.split("\n")[0])
@@ -94,6 +96,7 @@ def _score(args) -> int:
 
 
 def main(argv=None) -> int:
+    prepare_process()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -14,10 +14,13 @@ import argparse
 import signal
 import sys
 
+from facerec.cli._runtime import prepare_process
+
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process()
     parser = argparse.ArgumentParser(prog="facerec-train", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])

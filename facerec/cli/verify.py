@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from facerec.cli._runtime import prepare_process
+
 __all__ = ["main", "format_table"]
 
 
@@ -46,6 +48,7 @@ def format_table(rows: list[dict], far: float) -> str:
 
 
 def main(argv=None) -> int:
+    prepare_process()
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import torch
