@@ -56,6 +56,20 @@ def load_faces(folder: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(labels, dtype=np.int64)
 
 
+def real_batches(images: np.ndarray, labels: np.ndarray, batch: int, rng: np.random.Generator):
+    """Endless training batches (x (B, 3, H, W) normalised float, y (B,) int64): epochs reshuffled with ``rng``,
+    a partial last batch dropped, each face mirrored with probability 1/2 (also drawn from ``rng``)."""
+    order, cursor = rng.permutation(len(images)), 0
+    while True:
+        if cursor + batch > len(order):
+            order, cursor = rng.permutation(len(images)), 0
+        idx = order[cursor:cursor + batch]
+        cursor += batch
+        faces = torch.from_numpy(images[idx])
+        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+        yield normalize(torch.where(flip.view(-1, 1, 1, 1), faces.flip(2), faces)), torch.from_numpy(labels[idx])
+
+
 def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -152,21 +166,12 @@ def main(argv=None) -> int:
     probe_stats()
     out = open(args.out, "w") if args.out else None
     window, start = [], time.time()
-    order = rng.permutation(len(images))
-    cursor = 0
+    batches = real_batches(images, labels, args.batch, rng)
     for step in range(args.steps):
         lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup else args.lr
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_mult"]
-        if cursor + args.batch > len(order):
-            order, cursor = rng.permutation(len(images)), 0
-        idx = order[cursor:cursor + args.batch]
-        cursor += args.batch
-        batch = torch.from_numpy(images[idx])
-        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-        batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(2), batch)
-        x = normalize(batch)
-        y = torch.from_numpy(labels[idx])
+        x, y = next(batches)
         loss = F.cross_entropy(head(model(x), y), y)
         if not torch.isfinite(loss):
             rec = {"step": step + 1, "loss": float(loss), "nonfinite": True}
