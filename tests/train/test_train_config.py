@@ -97,12 +97,6 @@ def test_paper_configs_follow_the_recipe(name):
     assert cfg.data.batch_size == 512 and cfg.data.path == "data/ms1m-v2"
 
 
-def test_drconv_config_ships_the_basis_generator():
-    # the real-face study's finding (docs/real-faces.md): the basis generator matched the plain model
-    cfg = load_config(CONFIGS / "ms1mv2_drconv_mobilefacenet.yaml")
-    assert cfg.model.options == {"generator": "basis"}
-
-
 def test_demo_config_loads():
     cfg = load_config(CONFIGS / "demo.yaml")
     assert cfg.model.name == "drconv_mobilefacenet" and cfg.data.synthetic
@@ -144,7 +138,4 @@ def test_paper_configs_state_only_the_model():
         if path.name == "ms1mv2_base.yaml":
             continue
         data = yaml.safe_load(path.read_text())
-        model = {"name": path.stem.removeprefix("ms1mv2_")}
-        if model["name"] == "drconv_mobilefacenet":       # the generator the real-face study chose
-            model["options"] = {"generator": "basis"}
-        assert data == {"base": "ms1mv2_base.yaml", "model": model}, path
+        assert data == {"base": "ms1mv2_base.yaml", "model": {"name": path.stem.removeprefix("ms1mv2_")}}, path
