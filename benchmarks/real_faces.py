@@ -59,7 +59,7 @@ DEFAULT_RUNS = (("drconv_mobilefacenet", 0), ("mobilefacenet", 0), ("mobilefacen
 # recipe: the official code's shared-basis generator, and the guide's gradient (Eq.7-8) scaled by 0.1.
 SETTINGS = {"basis": ["model.options.generator=basis"], "guide0.1": ["model.options.guide_grad_scale=0.1"]}
 SETTING_RUNS = (("drconv_mobilefacenet@guide0.1", 0), ("drconv_mobilefacenet@basis", 0),
-                ("drconv_mobilefacenet@guide0.1", 1), ("drconv_mobilefacenet@basis", 1))
+                ("drconv_mobilefacenet@basis", 1), ("drconv_mobilefacenet@basis", 2))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "real-faces-323"
 INPUT_SIZE = (112, 96)
 BALANCED_PAIRS = 3000
@@ -223,9 +223,9 @@ def summarize(records: list[dict]) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     def cell(stat, pct=True):
         mean, std, values = stat
-        k = 100.0 if pct else 1.0
-        each = ", ".join(f"{v * k:.1f}" for v in values)
-        return f"{mean * k:.1f} ± {std * k:.1f} ({each})"
+        k, d = (100.0, 1) if pct else (1.0, 2)
+        each = ", ".join(f"{v * k:.{d}f}" for v in values)
+        return f"{mean * k:.{d}f} ± {std * k:.{d}f} ({each})"
     lines = ["| variant | seeds | 10-fold acc. % | TAR@FAR=1e-3 % | rank-1 % | final loss | CPU/step vs plain |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -282,7 +282,8 @@ def plot_losses(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
-    colours = dict(zip(VARIANTS, ("#000000", "#D55E00", "#0072B2", "#009E73")))
+    colours = dict(zip(VARIANTS + ("drconv_mobilefacenet@basis",),
+                       ("#000000", "#D55E00", "#0072B2", "#009E73", "#CC79A7")))
     for r in sorted(records, key=lambda r: (_order(r["variant"]), r["seed"])):
         if r["variant"] not in colours:
             continue
