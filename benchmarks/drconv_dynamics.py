@@ -70,6 +70,14 @@ def real_batches(images: np.ndarray, labels: np.ndarray, batch: int, rng: np.ran
         yield normalize(torch.where(flip.view(-1, 1, 1, 1), faces.flip(2), faces)), torch.from_numpy(labels[idx])
 
 
+def emit(out, rec: dict, line: str) -> None:
+    """Print ``line`` and append ``rec`` as one JSON line to the open file ``out`` (if any)."""
+    print(line, flush=True)
+    if out:
+        out.write(json.dumps(rec) + "\n")
+        out.flush()
+
+
 def _parse_set(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -175,9 +183,7 @@ def main(argv=None) -> int:
         loss = F.cross_entropy(head(model(x), y), y)
         if not torch.isfinite(loss):
             rec = {"step": step + 1, "loss": float(loss), "nonfinite": True}
-            print(json.dumps(rec), flush=True)
-            if out:
-                out.write(json.dumps(rec) + "\n")
+            emit(out, rec, json.dumps(rec))
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,12 +201,9 @@ def main(argv=None) -> int:
             if g:
                 summary = (f" flip {np.mean([s['flip'] for s in g]):.3f} max_share "
                            f"{np.mean([s['max_share'] for s in g]):.2f} gap {np.mean([s['gap'] for s in g]):.3f}")
-            print(f"step {rec['step']:4d} loss {rec['loss']:.3f} |g| guide {norms['guide']:.3g} gen "
-                  f"{norms['generator']:.3g} rest {norms['rest']:.3g} head {norms['head']:.3g}{summary} "
-                  f"({rec['sec']}s)", flush=True)
-            if out:
-                out.write(json.dumps(rec) + "\n")
-                out.flush()
+            emit(out, rec, f"step {rec['step']:4d} loss {rec['loss']:.3f} |g| guide {norms['guide']:.3g} gen "
+                           f"{norms['generator']:.3g} rest {norms['rest']:.3g} head {norms['head']:.3g}{summary} "
+                           f"({rec['sec']}s)")
     return 0
 
 

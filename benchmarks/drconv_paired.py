@@ -25,7 +25,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from drconv_dynamics import DEFAULT_DATA, load_faces, real_batches  # noqa: E402
+from drconv_dynamics import DEFAULT_DATA, emit, load_faces, real_batches  # noqa: E402
 
 from facerec.models import create_model, param_groups  # noqa: E402
 from facerec.models.heads import create_head  # noqa: E402
@@ -141,11 +140,8 @@ def main(argv=None) -> int:
             opt.step()
             rec[arm] = float(loss.detach())
             rec[arm + "_cpu"] = round(time.process_time() - t0, 2)
-        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()
-                       if not k.endswith("_cpu")), flush=True)
-        if out:
-            out.write(json.dumps(rec) + "\n")
-            out.flush()
+        emit(out, rec, " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()
+                                if not k.endswith("_cpu")))
     return 0
 
 

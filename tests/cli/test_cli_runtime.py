@@ -14,7 +14,7 @@ def _run(code: str, env: dict) -> str:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
-def test_malloc_is_tuned_unless_the_user_set_it(monkeypatch):
+def test_malloc_is_tuned_unless_the_user_set_it():
     import platform
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
