@@ -37,12 +37,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["GroupPlan", "choose_strategy", "PADDED_MAX_MEAN_ROWS", "PADDED_MIN_GROUPS", "STRATEGIES"]
+from facerec.nn import _onednn
 
-STRATEGIES = ("auto", "grouped", "padded")
+__all__ = ["GroupPlan", "choose_strategy", "ONEDNN_MIN_MEAN_ROWS", "PADDED_MAX_MEAN_ROWS", "PADDED_MIN_GROUPS",
+           "STRATEGIES"]
+
+STRATEGIES = ("auto", "grouped", "padded", "onednn")
 PADDED_MAX_MEAN_ROWS = 128
 PADDED_MIN_GROUPS = 64
 IN_PLACE_MAX_ROWS = 32
+# "onednn" (one grouped oneDNN convolution per bucket) from this many rows per group on average: outputs of
+# 28x28 and up with m = 8. Measured (region_conv2d forward, B = 32, m = 8, 2 threads, ratio to a conv):
+# 64->128 @56x56 2.99x grouped vs 2.04x oneDNN, @28x28 4.55x padded vs 3.57x; at 14x14 (24 rows per group)
+# 6.07x vs 7.82x.
+ONEDNN_MIN_MEAN_ROWS = 64
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -58,11 +66,15 @@ def _grouped_mm_ok(dtype: torch.dtype, inner: int, outer: int) -> bool:
 
 
 def choose_strategy(num_rows: int, num_groups: int, dtype: torch.dtype, inner: int, outer: int,
-                    threads: int | None = None) -> str:
-    """"padded" for many small groups on >1 thread or when _grouped_mm cannot run, else "grouped".
+                    threads: int | None = None, onednn: bool = False) -> str:
+    """"onednn" when oneDNN can run (``onednn``, e.g. ``facerec.nn._onednn.available(rows)``) and groups hold
+    at least ONEDNN_MIN_MEAN_ROWS rows on average; else "padded" for many small groups on >1 thread or when
+    _grouped_mm cannot run, else "grouped".
 
     threads: torch's intra-op thread count (default ``torch.get_num_threads()``). See the module docstring.
     """
+    if onednn and num_rows >= ONEDNN_MIN_MEAN_ROWS * num_groups:
+        return "onednn"
     if not _grouped_mm_ok(dtype, inner, outer):
         return "padded"
     if (torch.get_num_threads() if threads is None else threads) <= 1:
@@ -78,13 +90,13 @@ class GroupPlan:
     """
 
     def __init__(self, group: Tensor, num_groups: int, strategy: str) -> None:
-        if strategy not in ("grouped", "padded"):
-            raise ValueError(f"strategy must be 'grouped' or 'padded', got {strategy!r}")
+        if strategy not in ("grouped", "padded", "onednn"):
+            raise ValueError(f"strategy must be 'grouped', 'padded' or 'onednn', got {strategy!r}")
         self.strategy, self.num_groups, self.num_rows = strategy, num_groups, group.numel()
         counts = torch.bincount(group, minlength=num_groups)
         _, self.perm = torch.sort(group, stable=True)
         self.offsets = counts.cumsum(0).to(torch.int32)
-        if strategy == "padded":
+        if strategy in ("padded", "onednn"):
             self._plan_padding(group, counts)
 
     def inverse(self) -> Tensor:
@@ -125,6 +137,17 @@ class GroupPlan:
         self.padded_rows = base
         self.has_empty = not bool(nonempty.all())
         self.dest = group_start[group] + slot          # (N,) flat padded row of every original row
+        if self.strategy == "onednn":
+            # The same buckets with their groups interleaved (row l of the bucket's i-th group at base + l*size + i),
+            # the channels_last image of a grouped 1x1 convolution. Padding rows repeat row 0 (never read back).
+            bucket_of = torch.zeros(self.num_groups, dtype=torch.long, device=device)
+            index_in, size_of = torch.zeros_like(bucket_of), torch.ones_like(bucket_of)
+            for ids, size, length, base in self.buckets:
+                ids = torch.arange(self.num_groups, device=device) if ids is None else ids
+                bucket_of[ids], index_in[ids], size_of[ids] = base, torch.arange(size, device=device), size
+            self.dest_interleaved = bucket_of[group] + slot * size_of[group] + index_in[group]
+            self.src_interleaved = torch.zeros(self.padded_rows, dtype=torch.long, device=device)
+            self.src_interleaved[self.dest_interleaved] = torch.arange(self.num_rows, device=device)
 
     def _pad(self, rows: Tensor, zero: bool) -> Tensor:
         flat = (rows.new_zeros if zero else rows.new_empty)(self.padded_rows, rows.shape[1])
@@ -142,6 +165,13 @@ class GroupPlan:
             sorted_out = torch._grouped_mm(rows.index_select(0, self.perm), weights, offs=self.offsets)
             # Back to row order with a gather: index_copy_ (a scatter) measured ~4x slower on CPU at 56x56.
             return sorted_out.index_select(0, self.inverse())
+        if self.strategy == "onednn":
+            flat = rows.index_select(0, self.src_interleaved)
+            b_t = weights.transpose(1, 2)                                                  # (G, M, K)
+            outs = [_onednn.interleaved_matmul(flat[base:base + size * length],
+                                               b_t if ids is None else b_t.index_select(0, ids))
+                    for ids, size, length, base in self.buckets]
+            return (outs[0] if len(outs) == 1 else torch.cat(outs)).index_select(0, self.dest_interleaved)
         # Padding rows are never read back (each output row depends on its own input row only): no zeroing.
         flat = self._pad(rows, zero=False)
         out = rows.new_empty(self.padded_rows, out_cols)

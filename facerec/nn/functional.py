@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from facerec.nn import _onednn
 from facerec.nn._grouped import GroupPlan, choose_strategy
 
 __all__ = ["region_conv2d", "guided_mask", "softmax_straight_through_grad"]
@@ -111,7 +112,8 @@ class _RegionConvFunction(torch.autograd.Function):
         num_groups = geo.batch * geo.regions
         strategy = _GROUP_STRATEGY
         if strategy == "auto":
-            strategy = choose_strategy(group.numel(), num_groups, filters.dtype, geo.ck, geo.out_channels)
+            strategy = choose_strategy(group.numel(), num_groups, filters.dtype, geo.ck, geo.out_channels,
+                                       onednn=_onednn.worth_it(filters, group.numel() * geo.ck * geo.out_channels))
         plan = GroupPlan(group, num_groups, strategy)
         out_rows = plan.rows_matmul(geo.rows(input), geo.grouped_filters(filters))
         # The GEMM writes pixel rows, i.e. channels_last memory; returning it as is saves a full copy.
@@ -145,11 +147,14 @@ class _RegionConvFunction(torch.autograd.Function):
 
 def project_back(batch: int, pixels: int, regions: int, out_channels: int, ck: int, filters_for,
                  dy_rows: Tensor, rows: Tensor | None, mask: Tensor, need_eq7: bool, max_chunk: int | None = None,
-                 side_by_side: bool = True) -> tuple[Tensor, Tensor | None]:
+                 side_by_side: bool = True, transposed_filters_for=None) -> tuple[Tensor, Tensor | None]:
     """T_j(p) = W_bj^T dY_p for all j, in chunks of samples.
 
     ``filters_for(start, stop)`` gives the filters of samples [start, stop): laid side by side, (size, O, m*Ck),
-    when ``side_by_side``, else stacked, (size*m, O, Ck) (then dY is repeated per region). dy_rows (B*L, O),
+    when ``side_by_side``, else stacked, (size*m, O, Ck) (then dY is repeated per region).
+    ``transposed_filters_for(start, stop)``, if given, gives the side-by-side filters transposed, (size, m*Ck, O):
+    then the per-sample GEMMs run as one oneDNN grouped convolution per chunk where that is available and large
+    enough (``facerec.nn._onednn.batched_matmul``), else ``filters_for`` and ``torch.bmm``. dy_rows (B*L, O),
     rows (B*L, Ck) (needed for Eq.7), mask (B*L,). Returns the input-gradient rows (B*L, Ck) (the own region's
     slice of T) and, when asked, Eq.7 g (B*L, m) with g_j(p) = <T_j(p), X_p> = <dY_p, (W_j X)_p>.
     """
@@ -158,10 +163,15 @@ def project_back(batch: int, pixels: int, regions: int, out_channels: int, ck: i
     dy = dy_rows.view(batch, pixels, out_channels)
     grad_rows = dy_rows.new_empty(batch * pixels, ck)
     eq7 = dy_rows.new_empty(batch * pixels, regions) if need_eq7 else None
+    onednn = (transposed_filters_for is not None
+              and _onednn.worth_it(dy_rows, chunk * pixels * out_channels * regions * ck))
     for start in range(0, batch, chunk):
         stop, size = min(start + chunk, batch), min(chunk, batch - start)
         lo, hi = start * pixels, stop * pixels
-        if side_by_side:
+        if onednn:
+            t = _onednn.batched_matmul(dy[start:stop], transposed_filters_for(start, stop))
+            t = t.view(size, pixels, regions, ck)
+        elif side_by_side:
             t = torch.bmm(dy[start:stop], filters_for(start, stop)).view(size, pixels, regions, ck)
         else:
             dy_rep = dy[start:stop].unsqueeze(1).expand(-1, regions, -1, -1).reshape(
@@ -189,8 +199,11 @@ def _project_back(geo: _Geometry, filters: Tensor, dy_rows: Tensor, rows: Tensor
             return part.reshape(-1, geo.out_channels, geo.ck)
         return part.permute(0, 2, 1, 3).reshape(stop - start, geo.out_channels, -1)
 
+    def transposed_filters_for(start: int, stop: int) -> Tensor:
+        return stacked[start:stop].transpose(2, 3).reshape(stop - start, -1, geo.out_channels)
+
     return project_back(geo.batch, geo.pixels, geo.regions, geo.out_channels, geo.ck, filters_for, dy_rows, rows,
-                        mask, need_eq7, side_by_side=not repeat_dy)
+                        mask, need_eq7, side_by_side=not repeat_dy, transposed_filters_for=transposed_filters_for)
 
 
 def _check_inputs(input: Tensor, filters: Tensor, guide: Tensor, stride, padding, dilation) -> None:

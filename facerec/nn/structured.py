@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from facerec.nn import _onednn
 from facerec.nn._grouped import _aligned, _grouped_mm_ok
 from facerec.nn.functional import _pair, guided_mask, project_back, softmax_straight_through_grad
 
@@ -92,9 +93,20 @@ def _project_back_per_sample(static: Tensor, dynamic: Tensor, coef: Tensor, dy_r
             w.addcmul_(part[:, k].view(-1, 1, regions, 1), side_dynamic[k])
         return w.reshape(stop - start, out_channels, regions * channels)
 
+    static_t = static.transpose(1, 2).contiguous().unsqueeze(0)                          # (1, m, C, O)
+    dynamic_t = dynamic.permute(1, 0, 3, 2).contiguous().unsqueeze(1)                   # (t, 1, m, C, O)
+
+    def filters_transposed(start: int, stop: int) -> Tensor:
+        """(size, m*C, O): W_bj^T stacked for samples [start, stop) (the oneDNN layout)."""
+        part = coef[start:stop].to(static.dtype).transpose(1, 2)                        # (size, t, m)
+        w = torch.addcmul(static_t, part[:, 0].view(-1, regions, 1, 1), dynamic_t[0])
+        for k in range(1, terms):
+            w.addcmul_(part[:, k].view(-1, regions, 1, 1), dynamic_t[k])
+        return w.reshape(stop - start, regions * channels, out_channels)
+
     chunk = max(1, FILTER_CHUNK_ELEMENTS // (regions * out_channels * channels))
     return project_back(batch, pixels, regions, out_channels, channels, filters_side_by_side, dy_rows, rows, mask,
-                        rows is not None, chunk)
+                        rows is not None, chunk, transposed_filters_for=filters_transposed)
 
 
 def _project_back_stacked(static: Tensor, dynamic: Tensor, coef: Tensor, dy_rows: Tensor, rows: Tensor | None,
@@ -106,16 +118,25 @@ def _project_back_stacked(static: Tensor, dynamic: Tensor, coef: Tensor, dy_rows
     regions, terms, out_channels, channels = dynamic.shape
     n = dy_rows.shape[0]
     kernels = torch.cat([static.unsqueeze(1), dynamic], 1)                                # (m, 1+t, O, C)
-    side = kernels.permute(2, 1, 0, 3).reshape(out_channels, (1 + terms) * regions * channels)
+    per_row = (1 + terms) * regions * channels
+    chunk = max(pixels, (FILTER_CHUNK_ELEMENTS // per_row) // pixels * pixels)
+    if _onednn.worth_it(dy_rows, min(chunk, n) * per_row * out_channels):
+        side_t = kernels.permute(1, 0, 3, 2).reshape(per_row, out_channels)              # ((1+t)mC, O)
+
+        def project(d: Tensor) -> Tensor:
+            return _onednn.rows_matmul(d, side_t)
+    else:
+        side = kernels.permute(2, 1, 0, 3).reshape(out_channels, per_row)
+
+        def project(d: Tensor) -> Tensor:
+            return torch.mm(d, side)
     need_eq7 = rows is not None
     grad_rows = dy_rows.new_empty(n, channels)
     eq7 = dy_rows.new_empty(n, regions) if need_eq7 else None
-    per_row = (1 + terms) * regions * channels
-    chunk = max(pixels, (FILTER_CHUNK_ELEMENTS // per_row) // pixels * pixels)
     sample = torch.arange(n, device=dy_rows.device) // pixels
     for lo in range(0, n, chunk):
         hi = min(lo + chunk, n)
-        q = torch.mm(dy_rows[lo:hi], side).view(hi - lo, 1 + terms, regions, channels)
+        q = project(dy_rows[lo:hi]).view(hi - lo, 1 + terms, regions, channels)
         row_coef = coef.index_select(0, sample[lo:hi]).to(q.dtype).transpose(1, 2)       # (rows, t, m)
         t_all = torch.addcmul(q[:, 0], row_coef[:, 0].unsqueeze(-1), q[:, 1])           # (rows, m, C)
         for k in range(1, terms):
@@ -140,24 +161,42 @@ class _PaperRegionConvFunction(torch.autograd.Function):
         counts_t = torch.bincount(mask, minlength=regions)
         offs = counts_t.cumsum(0).to(torch.int32)
         sorted_rows = rows.index_select(0, perm)
-        # One GEMM per kernel family (static, then each dynamic term), each grouped by region: (N, O) results,
-        # no concatenated weight copy; y = U_A + sum_t s_t U_Vt in place.
-        kernels = [static] + [dynamic[:, k] for k in range(terms)]
-        grouped = _use_grouped_mm(sorted_rows, *(k.transpose(1, 2) for k in kernels))
-        counts = None if grouped else counts_t.tolist()
-        y = _region_matmul(sorted_rows, static.transpose(1, 2), counts, offs)
         group = torch.div(perm, pixels, rounding_mode="floor") * regions + sorted_mask
         row_coef = coef.reshape(batch * regions, terms).index_select(0, group)          # (N, t)
-        dyn = [_region_matmul(sorted_rows, dynamic[:, k].transpose(1, 2), counts, offs) for k in range(terms)]
-        for k in range(terms):
-            y.addcmul_(row_coef[:, k:k + 1], dyn[k])
-        u = dyn[0] if terms == 1 else torch.stack(dyn, 1)                                  # (N, [t,] O)
+        u, u_parts = None, None
+        if _onednn.worth_it(sorted_rows, sorted_rows.shape[0] // regions * (1 + terms) * out_channels * channels):
+            # oneDNN (see facerec.nn._onednn): one GEMM per region against its stacked kernels [A_j; V_j1; ...],
+            # (n_j, (1+t)O) per region, combined in place; the per-region results are kept for the backward.
+            counts = counts_t.tolist()
+            kernels = torch.cat([static.unsqueeze(1), dynamic], 1).reshape(regions, (1 + terms) * out_channels,
+                                                                           channels)
+            y = sorted_rows.new_empty(sorted_rows.shape[0], out_channels)
+            u_parts, start = [], 0
+            for j, n in enumerate(counts):
+                part = _onednn.rows_matmul(sorted_rows[start:start + n], kernels[j]).view(n, 1 + terms,
+                                                                                         out_channels)
+                torch.addcmul(part[:, 0], row_coef[start:start + n, :1], part[:, 1], out=y[start:start + n])
+                for k in range(1, terms):
+                    y[start:start + n].addcmul_(row_coef[start:start + n, k:k + 1], part[:, 1 + k])
+                u_parts.append(part[:, 1:])
+                start += n
+        else:
+            # One GEMM per kernel family (static, then each dynamic term), each grouped by region: (N, O) results,
+            # no concatenated weight copy; y = U_A + sum_t s_t U_Vt in place.
+            kernels = [static] + [dynamic[:, k] for k in range(terms)]
+            grouped = _use_grouped_mm(sorted_rows, *(k.transpose(1, 2) for k in kernels))
+            counts = None if grouped else counts_t.tolist()
+            y = _region_matmul(sorted_rows, static.transpose(1, 2), counts, offs)
+            dyn = [_region_matmul(sorted_rows, dynamic[:, k].transpose(1, 2), counts, offs) for k in range(terms)]
+            for k in range(terms):
+                y.addcmul_(row_coef[:, k:k + 1], dyn[k])
+            u = dyn[0] if terms == 1 else torch.stack(dyn, 1)                              # (N, [t,] O)
         # Back to pixel order with a gather (index_copy_ runs single-threaded and ~4x slower on CPU).
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(perm.numel(), device=perm.device)
         out_rows = y.index_select(0, inverse)
         ctx.save_for_backward(input, guide, coef, static, dynamic, mask, perm, group, offs, u, row_coef)
-        ctx.counts, ctx.stride = counts, stride
+        ctx.counts, ctx.stride, ctx.u_parts = counts, stride, u_parts
         # Pixel rows are channels_last memory; returned as is (no copy), as region_conv2d does.
         return out_rows.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
@@ -177,7 +216,14 @@ class _PaperRegionConvFunction(torch.autograd.Function):
         if need_coef or need_static or need_dynamic:
             sorted_dy = dy_rows.index_select(0, perm)
             if need_coef:
-                dots = (sorted_dy.unsqueeze(1) * u.view(-1, terms, out_channels)).sum(-1)
+                if ctx.u_parts is None:
+                    dots = (sorted_dy.unsqueeze(1) * u.view(-1, terms, out_channels)).sum(-1)
+                else:
+                    dots, start = sorted_dy.new_empty(sorted_dy.shape[0], terms), 0
+                    for part in ctx.u_parts:
+                        n = part.shape[0]
+                        torch.sum(sorted_dy[start:start + n].unsqueeze(1) * part, -1, out=dots[start:start + n])
+                        start += n
                 grad_coef = dots.new_zeros(batch * regions, terms).index_add_(0, group, dots)
                 grad_coef = grad_coef.view(coef.shape).to(coef.dtype)
             if need_static or need_dynamic:
