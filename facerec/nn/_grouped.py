@@ -47,9 +47,9 @@ PADDED_MAX_MEAN_ROWS = 128
 PADDED_MIN_GROUPS = 64
 IN_PLACE_MAX_ROWS = 32
 # "onednn" (one grouped oneDNN convolution per bucket) from this many rows per group on average: outputs of
-# 28x28 and up with m = 8. Measured (region_conv2d forward, B = 32, m = 8, 2 threads, ratio to a conv):
-# 64->128 @56x56 2.99x grouped vs 2.04x oneDNN, @28x28 4.55x padded vs 3.57x; at 14x14 (24 rows per group)
-# 6.07x vs 7.82x.
+# 28x28 and up with m = 8. Measured (region_conv2d forward alone, B = 32, m = 8, random guide, 2 threads, ratio
+# to an NCHW conv of the same shape): 64->128 @56x56 2.99x ("grouped") -> 1.99x; @28x28 4.55x ("padded") ->
+# 4.17x, 128->64 @28x28 4.24x -> 3.83x; at 14x14 (24 rows per group) the oneDNN layout lost, 7.6x vs 6.1x.
 ONEDNN_MIN_MEAN_ROWS = 64
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

@@ -26,8 +26,9 @@ __all__ = ["ENABLED", "MIN_MACS", "available", "batched_matmul", "interleaved_ma
 # False forces the torch.mm / _grouped_mm paths (FACEREC_ONEDNN=0 in the environment; benchmarks compare both).
 ENABLED = os.environ.get("FACEREC_ONEDNN", "1") != "0"
 # A oneDNN call is used for a GEMM of at least this many multiply-adds: below, its ~40 us fixed cost outweighs
-# the faster kernel (measured: 1568 x 128 -> 256 in 8 region calls, 2 threads: grouped mm 4.3x a conv, oneDNN
-# 4.8x; 1568 x 128 -> 1024: 5.1x vs 3.3x).
+# the faster kernel. Measured (structured forward GEMMs at 7x7, batch 32, 8 region calls of 196 rows, 2 threads,
+# ratio to a conv's forward): 128 -> 2 x 128 outputs (6.4M MACs per call) 4.3x through _grouped_mm, 4.8x
+# through oneDNN; 128 -> 2 x 512 (25.7M MACs per call) 5.1x vs 3.3x.
 MIN_MACS = 8 << 20
 
 _PROBED: bool | None = None
