@@ -3,9 +3,9 @@
 ``rows_matmul(rows, weight)`` computes ``rows @ weight.T`` for rows (n, K) and weight (M, K) by calling
 ``torch.ops.aten.mkldnn_convolution`` on the rows viewed as a (1, K, n, 1) channels_last image: the oneDNN
 kernel that ``nn.Conv2d`` uses, called directly (``F.conv2d`` would route a batch-1 image to the slow native
-kernel at one thread). Why not ``torch.mm``: torch's CPU GEMM is MKL's ``sgemm``, which on AMD CPUs runs its
-AVX2 code; oneDNN runs AVX-512 there. Measured on this project's 2-core AMD EPYC VM (float32; the same MACs;
-``benchmarks/drconv_layer.py`` and docs/drconv-speed.md): a 1x1 conv of 6272 x 128 -> 256 takes 0.84 ms
+kernel at one thread). Why not ``torch.mm``: torch's CPU GEMM is MKL's ``sgemm``, which on this AMD CPU takes
+no AVX-512 code path (``MKL_VERBOSE=1``: "Intel(R) Architecture processors"); oneDNN does. Measured on this
+project's 2-core AMD EPYC VM (float32, the same MACs; docs/drconv-speed.md): 6272 x 128 -> 256 takes 0.84 ms
 through oneDNN and 1.91 ms through ``torch.mm`` at 2 threads (1.64 / 4.01 ms at 1 thread), i.e. MKL is ~2x
 slower per MAC on this CPU. A call costs ~40 us of fixed overhead (weight reorder, primitive lookup) against
 ~4 us for ``mm``, so callers use it only for GEMMs large enough (``worth_it``).

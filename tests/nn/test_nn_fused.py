@@ -1,0 +1,127 @@
+"""The fused inference kernel (facerec/nn/_fused.py, csrc/fused_region.cpp) against float64 references, and its
+use by DRConv2d: taken in inference only, equal to the unfused paths, kernel cache invalidated by updates."""
+import pytest
+import torch
+
+import facerec.nn._fused as fused
+from facerec.nn import DRConv2d
+from facerec.nn.functional import guided_mask
+
+
+def _built() -> bool:
+    with torch.no_grad():
+        return fused.available(torch.zeros(1))
+
+
+pytestmark = pytest.mark.skipif(not _built(), reason="the fused DRConv kernel is not built here (needs an AVX-512 "
+                                                     "CPU, g++ and ninja; see the warning logged by facerec.nn._fused)")
+
+
+def _reference(x, guide, coef, kernels):
+    """float64: y[b, :, p] = (sum_k coef[b, j, k] kernels[j, k]) @ x[b, :, p], j = argmax guide[b, :, p]."""
+    batch, channels = x.shape[:2]
+    filters = (coef[..., None, None] * kernels.unsqueeze(0)).sum(2)                      # (B, m, O, C)
+    mask = guided_mask(guide).view(batch, -1)
+    per_pixel = filters[torch.arange(batch)[:, None], mask]                             # (B, P, O, C)
+    y = torch.einsum("bpoc,bcp->bop", per_pixel, x.reshape(batch, channels, -1))
+    return y.view(batch, -1, *x.shape[2:])
+
+
+# (B, C, O, H, W, m, T, stride): O = 50 (3 vectors + 2 scalar columns), 80 (a full 64-panel + 16), rows per
+# region below and above the 6-row micro-step, m > pixels (unpicked regions), stride 2.
+CASES = [(2, 8, 16, 5, 6, 3, 1, 1), (3, 24, 80, 7, 7, 4, 2, 1), (2, 13, 50, 9, 9, 3, 3, 2),
+         (1, 16, 64, 12, 12, 1, 2, 1), (2, 8, 32, 3, 2, 16, 2, 1)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_region_forward_matches_float64(case, channels_last):
+    batch, channels, out_channels, height, width, regions, terms, stride = case
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, height, width, dtype=torch.float64, generator=gen)
+    xs = x[:, :, ::stride, ::stride]
+    guide = torch.randn(batch, regions, *xs.shape[2:], dtype=torch.float64, generator=gen)
+    coef = torch.rand(batch, regions, terms, dtype=torch.float64, generator=gen)
+    kernels = torch.randn(regions, terms, out_channels, channels, dtype=torch.float64, generator=gen)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x32 = x.float().contiguous(memory_format=fmt)[:, :, ::stride, ::stride]
+    y = fused.region_forward(x32, guide.float(), coef.float(), kernels.float().transpose(2, 3).contiguous())
+    assert y.shape == (batch, out_channels, *xs.shape[2:])
+    torch.testing.assert_close(y.double(), _reference(xs, guide.float().double(), coef.float().double(),
+                                                      kernels.float().double()), rtol=1e-4, atol=1e-4)
+
+
+def test_region_forward_mask_ties_nan_and_shared_kernels():
+    """First maximum wins ties, NaN counts as the largest (torch.argmax); kernels shared across regions through
+    a stride-0 first dim (the basis generator's layout)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 8, 4, 4, generator=gen)
+    guide = torch.zeros(2, 3, 4, 4)
+    guide[0, 2, 0, 0] = float("nan")
+    guide[1, 1, 1, 1] = 5.0
+    coef = torch.rand(2, 3, 2, generator=gen)
+    bases = torch.randn(2, 8, 16, generator=gen)                                       # (r, C, O)
+    y = fused.region_forward(x, guide, coef, bases.unsqueeze(0).expand(3, -1, -1, -1))
+    mask = guided_mask(guide)
+    assert mask[0, 0, 0] == 2 and mask[1, 1, 1] == 1 and mask[0, 3, 3] == 0
+    want = _reference(x.double(), guide.double(), coef.double(),
+                      bases.transpose(1, 2).unsqueeze(0).expand(3, -1, -1, -1).double())
+    torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = fused.region_forward
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(fused, "region_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("generator,stride,size", [("paper", 1, 6), ("paper", 2, 9), ("basis", 1, 12)])
+def test_drconv_inference_uses_fused_and_matches_unfused(generator, stride, size, counted, monkeypatch):
+    torch.manual_seed(0)
+    layer = DRConv2d(8, 24, 1, stride=stride, regions=4, generator=generator, init="spread").eval()
+    x = torch.randn(3, 8, size, size)
+    with torch.no_grad():
+        y = layer(x)
+        assert len(counted) == 1
+        monkeypatch.setattr(fused, "ENABLED", False)
+        want = layer(x)
+        assert len(counted) == 1
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    layer(x)                                                 # grad enabled: never the fused (no-autograd) kernel
+    assert len(counted) == 1
+
+
+def test_drconv_fused_rule_and_kernel_cache(counted):
+    torch.manual_seed(0)
+    basis = DRConv2d(8, 16, 1, regions=4, generator="basis", num_bases=4).eval()
+    with torch.no_grad():
+        basis(torch.randn(2, 8, 5, 5))                      # 25 pixels < 2 r m = 32: the dense-basis form
+        assert not counted
+        layer = DRConv2d(8, 16, 1, regions=4, init="spread").eval()
+        x = torch.randn(2, 8, 5, 5)
+        first = layer(x)
+        layer.filter_generator.shared.add_(0.5)             # an in-place update (as an optimizer step does)
+        second = layer(x)
+        fused.ENABLED, enabled = False, fused.ENABLED
+        try:
+            want = layer(x)
+        finally:
+            fused.ENABLED = enabled
+    assert len(counted) == 2 and not torch.allclose(first, second)
+    torch.testing.assert_close(second, want, rtol=1e-5, atol=1e-5)
+
+
+def test_failed_build_falls_back(monkeypatch):
+    monkeypatch.setattr(fused, "_module", None)
+    monkeypatch.setattr(fused, "_failed", True)
+    layer = DRConv2d(8, 16, 1, regions=4).eval()
+    with torch.no_grad():
+        assert not fused.available(torch.zeros(1))
+        assert layer(torch.randn(2, 8, 5, 5)).shape == (2, 16, 5, 5)
