@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "available", "region_forward"]
+__all__ = ["ENABLED", "available", "pack_kernels", "region_forward"]
 
 ENABLED = os.environ.get("FACEREC_FUSED", "1") != "0"
 _SOURCE = Path(__file__).with_name("csrc") / "fused_region.cpp"
@@ -69,7 +69,15 @@ def available(x: Tensor) -> bool:
     return _load() is not None
 
 
-def region_forward(x: Tensor, guide: Tensor, coef: Tensor, kernels_t: Tensor) -> Tensor:
+def pack_kernels(kernels_t: Tensor) -> Tensor:
+    """(N, C, O) float32 kernels (transposed filters) -> (N, C * O) in the fused kernel's panel layout."""
+    module = _load()
+    if module is None:
+        raise RuntimeError("the fused DRConv kernel is not available (see the warning logged at first use)")
+    return module.pack_kernels(kernels_t.float())
+
+
+def region_forward(x: Tensor, guide: Tensor, coef: Tensor, kernels: Tensor, out_channels: int) -> Tensor:
     """Fused 1x1 region convolution (no autograd).
 
     Args:
@@ -77,12 +85,14 @@ def region_forward(x: Tensor, guide: Tensor, coef: Tensor, kernels_t: Tensor) ->
         guide: (B, m, Ho, Wo) float32 guided feature F; the region of a pixel is its argmax over m (Eq.4: first
             maximum, NaN as the largest, as ``facerec.nn.functional.guided_mask``).
         coef: (B, m, T) float32 coefficients.
-        kernels_t: (m, T, C, O) float32 kernels, transposed (each (C, O) block contiguous; stride 0 on the
-            first dim shares kernels across regions, as the basis generator does).
+        kernels: (m, T, C * O) float32: kernel [j, k] is ``pack_kernels`` of the transposed filter (C, O) (any
+            strides on the first two dims; stride 0 on the first shares kernels across regions, as the basis
+            generator does).
+        out_channels: O.
 
     Returns:
-        (B, O, Ho, Wo) with channels_last strides: ``y[b, :, p] = (sum_k coef[b, j, k] kernels_t[j, k]).T @
-        x[b, :, p]`` with ``j = argmax_j guide[b, j, p]``.
+        (B, O, Ho, Wo) with channels_last strides: ``y[b, :, p] = (sum_k coef[b, j, k] K[j, k]).T @ x[b, :, p]``
+        with ``j = argmax_j guide[b, j, p]`` and ``K[j, k]`` the (C, O) kernel behind ``kernels[j, k]``.
     """
     module = _load()
     if module is None:
@@ -92,5 +102,5 @@ def region_forward(x: Tensor, guide: Tensor, coef: Tensor, kernels_t: Tensor) ->
         # Pixel rows must be contiguous: one channels_last copy (multi-threaded) costs less than gathering
         # every (sample, region) tile from channel planes.
         x = x.contiguous(memory_format=torch.channels_last)
-    rows = module.fused_region_forward(x, guide.float(), coef, kernels_t)
-    return rows.view(batch, out_h, out_w, kernels_t.shape[3]).permute(0, 3, 1, 2)
+    rows = module.fused_region_forward(x, guide.float(), coef, kernels, out_channels)
+    return rows.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)

@@ -145,6 +145,11 @@ class DRConv2d(nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"DRConv2d expects {self.in_channels} input channels, got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)})")
+        fused = self._use_fused(x)
+        if fused and x.stride(1) != 1:
+            # The fused kernel reads pixel rows: one channels_last copy here also saves the guide conv's own
+            # reorder of an NCHW input.
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.external_guide:
             if guide_feature is None:
                 raise ValueError("this DRConv2d has external_guide=True: call forward(x, guide_feature) with "
@@ -158,7 +163,7 @@ class DRConv2d(nn.Module):
             raise ValueError(f"guide feature must have shape (B, m={self.regions}, Ho, Wo), got "
                              f"{tuple(guide_feature.shape)}")
         gen = self.filter_generator
-        if self._use_fused(x):
+        if fused:
             return self._add_bias(self._fused_forward(x, guide_feature))
         if self._use_structured_paper(guide_feature.shape[2] * guide_feature.shape[3]):
             static, dynamic = gen.static_kernels()
@@ -202,10 +207,10 @@ class DRConv2d(nn.Module):
         if tuple(guide_feature.shape) != (x.shape[0], self.regions, xs.shape[2], xs.shape[3]):
             raise ValueError(f"guide feature must have shape {(x.shape[0], self.regions, *xs.shape[2:])}, got "
                              f"{tuple(guide_feature.shape)}")
-        return _fused.region_forward(xs, guide_feature, coef.float(), self._transposed_kernels())
+        return _fused.region_forward(xs, guide_feature, coef.float(), self._packed_kernels(), self.out_channels)
 
-    def _transposed_kernels(self) -> Tensor:
-        """(m, T, C, O) float32 kernels for the fused kernel, rebuilt only when a parameter changed (in-place
+    def _packed_kernels(self) -> Tensor:
+        """(m, T, C*O) kernels in the fused kernel's layout, rebuilt only when a parameter changed (in-place
         updates bump a tensor's version; assignments change its storage)."""
         gen = self.filter_generator
         params = (gen.shared, gen.expand.weight, gen.expand.bias) if self.generator == "paper" else (gen.basis.weight,)
@@ -215,13 +220,14 @@ class DRConv2d(nn.Module):
             return cached[1]
         if self.generator == "paper":
             static, dynamic = gen.static_kernels()
-            kernels = torch.cat([static.unsqueeze(1), dynamic], 1).transpose(2, 3).contiguous()  # (m, 1+t, C, O)
+            kernels = torch.cat([static.unsqueeze(1), dynamic], 1)                          # (m, 1+t, O, C)
+            packed = _fused.pack_kernels(kernels.flatten(0, 1).transpose(1, 2))
+            packed = packed.view(self.regions, kernels.shape[1], -1)
         else:
-            bases = gen.bases()[..., 0, 0].transpose(1, 2).contiguous()                    # (r, C, O)
-            kernels = bases.unsqueeze(0).expand(self.regions, -1, -1, -1)
-        kernels = kernels.float()
-        self._kernel_cache = (key, kernels)
-        return kernels
+            bases = gen.bases()[..., 0, 0]                                                  # (r, O, C)
+            packed = _fused.pack_kernels(bases.transpose(1, 2)).unsqueeze(0).expand(self.regions, -1, -1)
+        self._kernel_cache = (key, packed)
+        return packed
 
     def _add_bias(self, out: Tensor) -> Tensor:
         if self.bias is None:

@@ -28,9 +28,10 @@ def _reference(x, guide, coef, kernels):
 
 
 # (B, C, O, H, W, m, T, stride): O = 50 (3 vectors + 2 scalar columns), 80 (a full 64-panel + 16), rows per
-# region below and above the 6-row micro-step, m > pixels (unpicked regions), stride 2.
+# region below and above the 6-row micro-step (T = 2 with <= 6 rows forms the filter in registers), m > pixels
+# (unpicked regions), stride 2.
 CASES = [(2, 8, 16, 5, 6, 3, 1, 1), (3, 24, 80, 7, 7, 4, 2, 1), (2, 13, 50, 9, 9, 3, 3, 2),
-         (1, 16, 64, 12, 12, 1, 2, 1), (2, 8, 32, 3, 2, 16, 2, 1)]
+         (1, 16, 64, 12, 12, 1, 2, 1), (2, 8, 32, 3, 2, 16, 2, 1), (4, 8, 50, 3, 3, 4, 2, 1)]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -45,7 +46,8 @@ def test_region_forward_matches_float64(case, channels_last):
     kernels = torch.randn(regions, terms, out_channels, channels, dtype=torch.float64, generator=gen)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x32 = x.float().contiguous(memory_format=fmt)[:, :, ::stride, ::stride]
-    y = fused.region_forward(x32, guide.float(), coef.float(), kernels.float().transpose(2, 3).contiguous())
+    packed = fused.pack_kernels(kernels.float().transpose(2, 3).flatten(0, 1)).view(regions, terms, -1)
+    y = fused.region_forward(x32, guide.float(), coef.float(), packed, out_channels)
     assert y.shape == (batch, out_channels, *xs.shape[2:])
     torch.testing.assert_close(y.double(), _reference(xs, guide.float().double(), coef.float().double(),
                                                       kernels.float().double()), rtol=1e-4, atol=1e-4)
@@ -61,7 +63,7 @@ def test_region_forward_mask_ties_nan_and_shared_kernels():
     guide[1, 1, 1, 1] = 5.0
     coef = torch.rand(2, 3, 2, generator=gen)
     bases = torch.randn(2, 8, 16, generator=gen)                                       # (r, C, O)
-    y = fused.region_forward(x, guide, coef, bases.unsqueeze(0).expand(3, -1, -1, -1))
+    y = fused.region_forward(x, guide, coef, fused.pack_kernels(bases).unsqueeze(0).expand(3, -1, -1), 16)
     mask = guided_mask(guide)
     assert mask[0, 0, 0] == 2 and mask[1, 1, 1] == 1 and mask[0, 3, 3] == 0
     want = _reference(x.double(), guide.double(), coef.double(),

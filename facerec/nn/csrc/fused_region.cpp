@@ -49,6 +49,49 @@ inline void micro(const float* a, int64_t lda, const float* b, int64_t ldb, floa
     for (int v = 0; v < V; ++v) _mm512_storeu_ps(c[r] + n0 + 16 * v, acc[r][v]);
 }
 
+// The same with B = c0 * B0 + c1 * B1 formed in registers (two packed kernel panels): for a single row block
+// this reads the two kernels once instead of building the filter in memory and reading it back.
+template <int R, int V>
+inline void micro2(const float* a, int64_t lda, const float* b0, const float* b1, float c0, float c1, int64_t ldb,
+                   float* const* c, int64_t n0, int64_t k_size) {
+  __m512 acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  const __m512 s0 = _mm512_set1_ps(c0), s1 = _mm512_set1_ps(c1);
+  for (int64_t k = 0; k < k_size; ++k) {
+    __m512 bv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v)
+      bv[v] = _mm512_fmadd_ps(s1, _mm512_loadu_ps(b1 + k * ldb + 16 * v),
+                              _mm512_mul_ps(s0, _mm512_loadu_ps(b0 + k * ldb + 16 * v)));
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c[r] + n0 + 16 * v, acc[r][v]);
+}
+
+template <int V>
+void micro2_rows(int rows, const float* a, int64_t lda, const float* b0, const float* b1, float c0, float c1,
+                 int64_t ldb, float* const* c, int64_t n0, int64_t k_size) {
+  switch (rows) {
+    case 6: micro2<6, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
+    case 5: micro2<5, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
+    case 4: micro2<4, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
+    case 3: micro2<3, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
+    case 2: micro2<2, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
+    default: micro2<1, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
+  }
+}
+
 template <int V>
 inline void micro_rows(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, float* const* c,
                        int64_t n0, int64_t k_size) {
@@ -100,28 +143,48 @@ void gemm_rows(int64_t rows, const float* a, int64_t k_size, const float* w, int
   }
 }
 
-// W (packed) = sum_t coef[t] * K_t (each K_t a (C x O) row-major matrix at k0 + t * k_stride).
-void build_filter(float* w, const float* k0, int64_t k_stride, const float* coef, int64_t terms, int64_t k_size,
-                  int64_t out_cols) {
-  for (int64_t p0 = 0; p0 < out_cols; p0 += PANEL) {
-    const int64_t pw = std::min<int64_t>(PANEL, out_cols - p0);
-    float* panel = w + p0 * k_size;
-    for (int64_t k = 0; k < k_size; ++k) {
-      float* dst = panel + k * pw;
-      const float* src = k0 + k * out_cols + p0;
-      const float c0 = coef[0];
-      if (terms == 1) {
-        for (int64_t o = 0; o < pw; ++o) dst[o] = c0 * src[o];
-      } else {
-        const float c1 = coef[1];
-        const float* src1 = src + k_stride;
-        for (int64_t o = 0; o < pw; ++o) dst[o] = c0 * src[o] + c1 * src1[o];
+// W (packed) = sum_t coef[t] * K_t, the K_t packed the same way (at k0 + t * k_stride): elementwise.
+void build_filter(float* w, const float* k0, int64_t k_stride, const float* coef, int64_t terms, int64_t size) {
+  const float c0 = coef[0];
+  if (terms == 1) {
+    for (int64_t e = 0; e < size; ++e) w[e] = c0 * k0[e];
+    return;
+  }
+  const float c1 = coef[1];
+  const float* k1 = k0 + k_stride;
+  for (int64_t e = 0; e < size; ++e) w[e] = c0 * k0[e] + c1 * k1[e];
+  for (int64_t t = 2; t < terms; ++t) {
+    const float ct = coef[t];
+    const float* kt = k0 + t * k_stride;
+    for (int64_t e = 0; e < size; ++e) w[e] += ct * kt[e];
+  }
+}
+
+// rows <= MR: out rows c[i][0:O] = a[i] @ (c0 K0 + c1 K1) with the filter formed in registers.
+void gemm_rows_two_terms(int64_t rows, const float* a, int64_t k_size, const float* k0, const float* k1, float c0,
+                         float c1, int64_t out_cols, float* const* c) {
+  const int64_t vec_cols = out_cols / 16 * 16;
+  const int r = static_cast<int>(rows);
+  for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
+    const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
+    const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
+    const float* p0 = k0 + n0 * k_size;
+    const float* p1 = k1 + n0 * k_size;
+    switch (nv) {
+      case 4: micro2_rows<4>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
+      case 3: micro2_rows<3>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
+      case 2: micro2_rows<2>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
+      default: micro2_rows<1>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t o = vec_cols; o < out_cols; ++o) {
+      float s = 0.f;
+      for (int64_t k = 0; k < k_size; ++k) {
+        const int64_t idx = packed_index(k, o, k_size, out_cols);
+        s += a[i * k_size + k] * (c0 * k0[idx] + c1 * k1[idx]);
       }
-      for (int64_t t = 2; t < terms; ++t) {
-        const float ct = coef[t];
-        const float* srct = src + t * k_stride;
-        for (int64_t o = 0; o < pw; ++o) dst[o] += ct * srct[o];
-      }
+      c[i][o] = s;
     }
   }
 }
@@ -129,17 +192,18 @@ void build_filter(float* w, const float* k0, int64_t k_stride, const float* coef
 }  // namespace
 
 // x: (B, C, Ho, Wo) float32, any strides (the strided input grid); guide: (B, m, Ho, Wo) float32, any strides;
-// coef: (B, m, T) float32; kernels_t: (m, T, C, O) float32, the last two dims contiguous (stride 0 allowed on
-// the first two). Returns y_rows: (B * Ho * Wo, O), row b * Ho * Wo + p = pixel p of sample b.
-torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::Tensor coef, torch::Tensor kernels_t) {
+// coef: (B, m, T) float32; kernels: (m, T, C * O) float32 from pack_kernels, the last dim contiguous (any
+// strides, 0 included, on the first two). Returns y_rows: (B * Ho * Wo, O), row b * Ho * Wo + p = pixel p.
+torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::Tensor coef, torch::Tensor kernels,
+                                   int64_t out_cols) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == torch::kFloat && x.device().is_cpu(), "x: (B, C, Ho, Wo) float32");
   TORCH_CHECK(guide.dim() == 4 && guide.scalar_type() == torch::kFloat, "guide: (B, m, Ho, Wo) float32");
   TORCH_CHECK(coef.dim() == 3 && coef.scalar_type() == torch::kFloat, "coef: (B, m, T) float32");
-  TORCH_CHECK(kernels_t.dim() == 4 && kernels_t.scalar_type() == torch::kFloat, "kernels_t: (m, T, C, O) float32");
+  TORCH_CHECK(kernels.dim() == 3 && kernels.scalar_type() == torch::kFloat, "kernels: (m, T, C * O) float32");
   const int64_t batch = x.size(0), channels = x.size(1), out_h = x.size(2), out_w = x.size(3);
-  const int64_t regions = kernels_t.size(0), terms = kernels_t.size(1), out_cols = kernels_t.size(3);
-  TORCH_CHECK(kernels_t.size(2) == channels && kernels_t.stride(3) == 1 && kernels_t.stride(2) == out_cols,
-              "kernels_t: (m, T, C, O) with contiguous (C, O) blocks");
+  const int64_t regions = kernels.size(0), terms = kernels.size(1);
+  TORCH_CHECK(out_cols > 0 && kernels.size(2) == channels * out_cols && kernels.stride(2) == 1,
+              "kernels: (m, T, C * O) with a contiguous last dim");
   TORCH_CHECK(guide.size(0) == batch && guide.size(1) == regions && guide.size(2) == out_h && guide.size(3) == out_w,
               "guide shape");
   TORCH_CHECK(coef.size(0) == batch && coef.size(1) == regions && coef.size(2) == terms, "coef shape");
@@ -151,8 +215,8 @@ torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::
   const float* gp = guide.data_ptr<float>();
   const int64_t gb = guide.stride(0), gj = guide.stride(1), gh = guide.stride(2), gw = guide.stride(3);
   const float* cp = coef_c.data_ptr<float>();
-  const float* kp = kernels_t.data_ptr<float>();
-  const int64_t kr = kernels_t.stride(0), kt = kernels_t.stride(1);
+  const float* kp = kernels.data_ptr<float>();
+  const int64_t kr = kernels.stride(0), kt = kernels.stride(1);
   float* yp = y.data_ptr<float>();
   // Pass 1: per sample, the guided mask (argmax over the m channels of the guide, first maximum; NaN counts as
   // the largest, as torch.argmax) and its pixels ordered by region (counting sort) with the region starts.
@@ -190,9 +254,11 @@ torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::
       const int64_t n = st[j + 1] - st[j];
       if (n == 0) continue;
       const int64_t* pix = order.data() + b * pixels + st[j];
-      // W_bj^T (C x O, packed) = sum_k coef[b, j, k] K[j, k]^T
+      const float* cj = cp + (b * regions + j) * terms;
+      const bool two_terms_in_registers = terms == 2 && n <= MR;
       float* wp = w.data();
-      build_filter(wp, kp + j * kr, kt, cp + (b * regions + j) * terms, terms, channels, out_cols);
+      if (!two_terms_in_registers)      // W_bj^T (C x O, packed) = sum_k coef[b, j, k] K[j, k]^T
+        build_filter(wp, kp + j * kr, kt, cj, terms, size);
       // gather the pixels' input rows (n x C)
       const float* xb = xp + b * sb;
       if (sc == 1) {
@@ -211,12 +277,34 @@ torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::
         }
       }
       for (int64_t i = 0; i < n; ++i) rows[i] = yp + (b * pixels + pix[i]) * out_cols;
-      gemm_rows(n, tile.data(), channels, wp, out_cols, rows.data());
+      if (two_terms_in_registers)
+        gemm_rows_two_terms(n, tile.data(), channels, kp + j * kr, kp + j * kr + kt, cj[0], cj[1], out_cols,
+                            rows.data());
+      else
+        gemm_rows(n, tile.data(), channels, wp, out_cols, rows.data());
     }
   });
   return y;
 }
 
+// kernels_t: (N, C, O) float32 -> (N, C * O), each (C, O) matrix in the panel layout of gemm_rows.
+torch::Tensor pack_kernels(torch::Tensor kernels_t) {
+  TORCH_CHECK(kernels_t.dim() == 3 && kernels_t.scalar_type() == torch::kFloat, "kernels_t: (N, C, O) float32");
+  auto src = kernels_t.contiguous();
+  const int64_t count = src.size(0), k_size = src.size(1), out_cols = src.size(2);
+  auto out = torch::empty({count, k_size * out_cols}, src.options());
+  const float* sp = src.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, count, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      for (int64_t k = 0; k < k_size; ++k)
+        for (int64_t o = 0; o < out_cols; ++o)
+          op[i * k_size * out_cols + packed_index(k, o, k_size, out_cols)] = sp[(i * k_size + k) * out_cols + o];
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_region_forward", &fused_region_forward, "fused 1x1 DRConv forward (inference, float32)");
+  m.def("pack_kernels", &pack_kernels, "(N, C, O) kernels to the fused kernel's panel layout");
 }
