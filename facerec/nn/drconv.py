@@ -165,6 +165,10 @@ class DRConv2d(nn.Module):
         gen = self.filter_generator
         if fused:
             return self._add_bias(self._fused_forward(x, guide_feature))
+        if self._use_fused_training(x):
+            static, dynamic = gen.static_kernels()
+            out = _fused.paper_region_conv2d(x, guide_feature, gen.coefficients(x), static, dynamic, self.stride)
+            return self._add_bias(out)
         if self._use_structured_paper(guide_feature.shape[2] * guide_feature.shape[3]):
             static, dynamic = gen.static_kernels()
             out = paper_region_conv2d(x, guide_feature, gen.coefficients(x), static, dynamic, self.stride)
@@ -194,6 +198,15 @@ class DRConv2d(nn.Module):
             if out_pixels < 2 * self.filter_generator.num_bases * self.regions:
                 return False
         return _fused.available(x)
+
+    def _use_fused_training(self, x: Tensor) -> bool:
+        """With gradients, the paper generator's "auto" path on CPU float32 1x1 layers uses the fused forward and
+        backward kernels (facerec.nn._fused.paper_region_conv2d) where they are built."""
+        if self.generator != "paper" or self.paper_path != "auto" or not torch.is_grad_enabled():
+            return False
+        if self.kernel_size != (1, 1) or self.padding != (0, 0) or torch.is_autocast_enabled(x.device.type):
+            return False
+        return _fused.trainable(x)
 
     def _fused_forward(self, x: Tensor, guide_feature: Tensor) -> Tensor:
         """facerec.nn._fused.region_forward with this layer's generator as kernels and coefficients."""

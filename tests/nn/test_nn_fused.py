@@ -31,7 +31,8 @@ def _reference(x, guide, coef, kernels):
 # region below and above the 6-row micro-step (T = 2 with <= 6 rows forms the filter in registers), m > pixels
 # (unpicked regions), stride 2.
 CASES = [(2, 8, 16, 5, 6, 3, 1, 1), (3, 24, 80, 7, 7, 4, 2, 1), (2, 13, 50, 9, 9, 3, 3, 2),
-         (1, 16, 64, 12, 12, 1, 2, 1), (2, 8, 32, 3, 2, 16, 2, 1), (4, 8, 50, 3, 3, 4, 2, 1)]
+         (1, 16, 64, 12, 12, 1, 2, 1), (2, 8, 32, 3, 2, 16, 2, 1), (4, 8, 50, 3, 3, 4, 2, 1),
+         (2, 200, 144, 4, 4, 2, 2, 1)]                      # C > 128: K in blocks of 128, with a remainder
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -127,3 +128,75 @@ def test_failed_build_falls_back(monkeypatch):
     with torch.no_grad():
         assert not fused.available(torch.zeros(1))
         assert layer(torch.randn(2, 8, 5, 5)).shape == (2, 16, 5, 5)
+
+
+# (B, C, O, H, W, m, t, stride) for the training path
+TRAIN_CASES = [(2, 8, 16, 5, 6, 3, 1, 1), (3, 24, 80, 7, 7, 4, 1, 1), (2, 13, 50, 9, 9, 3, 2, 2),
+               (2, 8, 32, 3, 2, 16, 1, 1), (2, 16, 48, 12, 12, 2, 1, 1),
+               (2, 200, 144, 4, 4, 2, 1, 1)]                  # C and O > 128: K-blocked GEMMs both ways
+
+
+@pytest.mark.parametrize("filter_grads_in_kernel", [True, False])
+@pytest.mark.parametrize("case", TRAIN_CASES)
+def test_fused_training_path_matches_float64(case, filter_grads_in_kernel, monkeypatch):
+    """Forward and every gradient (input, guide via Eq.7-8, coefficients, static and dynamic kernels) of the
+    fused training path in float32 against the structured path in float64, with the filter gradients formed in
+    the kernel per (sample, region) or per region over the batch."""
+    from facerec.nn.structured import paper_region_conv2d as structured
+    monkeypatch.setattr(fused, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0 if filter_grads_in_kernel else 10 ** 9)
+    batch, channels, out_channels, height, width, regions, terms, stride = case
+    gen = torch.Generator().manual_seed(2)
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    inputs64 = [torch.randn(batch, channels, height, width, dtype=torch.float64, generator=gen),
+                torch.randn(batch, regions, out_h, out_w, dtype=torch.float64, generator=gen),
+                torch.rand(batch, regions, terms, dtype=torch.float64, generator=gen),
+                torch.randn(regions, out_channels, channels, dtype=torch.float64, generator=gen),
+                torch.randn(regions, terms, out_channels, channels, dtype=torch.float64, generator=gen)]
+    inputs64 = [t.requires_grad_() for t in inputs64]
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    y32 = fused.paper_region_conv2d(*inputs32, (stride, stride))
+    y64 = structured(*inputs64, stride)
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
+    grad_out = torch.randn_like(y64)
+    for name, got, want in zip(("input", "guide", "coef", "static", "dynamic"),
+                               torch.autograd.grad(y32, inputs32, grad_out.float()),
+                               torch.autograd.grad(y64, inputs64, grad_out)):
+        scale = max(want.abs().max().item(), 1.0)
+        torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-4, atol=1e-5,
+                                   msg=f"gradient of {name}")
+
+
+def test_fused_training_backward_is_deterministic(monkeypatch):
+    monkeypatch.setattr(fused, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0)
+    gen = torch.Generator().manual_seed(3)
+    inputs = [torch.randn(8, 16, 9, 9, generator=gen), torch.randn(8, 4, 9, 9, generator=gen),
+              torch.rand(8, 4, 1, generator=gen), torch.randn(4, 32, 16, generator=gen),
+              torch.randn(4, 1, 32, 16, generator=gen)]
+    inputs = [t.requires_grad_() for t in inputs]
+    grad_out = torch.randn(8, 32, 9, 9, generator=gen)
+    first = torch.autograd.grad(fused.paper_region_conv2d(*inputs), inputs, grad_out)
+    second = torch.autograd.grad(fused.paper_region_conv2d(*inputs), inputs, grad_out)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_drconv_training_uses_fused_path_and_matches_structured(monkeypatch):
+    calls = []
+    real = fused.paper_region_conv2d
+    monkeypatch.setattr(fused, "paper_region_conv2d", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = DRConv2d(8, 24, 1, regions=4, init="spread")
+    reference = DRConv2d(8, 24, 1, regions=4, init="spread", paper_path="structured")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(3, 8, 6, 6)
+    grads = []
+    for module in (layer, reference):
+        xi = x.clone().requires_grad_()
+        module(xi).square().sum().backward()
+        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+    assert len(calls) == 1                                    # the "auto" layer only
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    monkeypatch.setattr(fused, "TRAIN_ENABLED", False)
+    layer(x).sum().backward()
+    assert len(calls) == 1

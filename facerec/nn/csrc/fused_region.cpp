@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
 
 namespace {
@@ -23,14 +25,22 @@ constexpr int MR = 6;     // rows per micro-step
 constexpr int NV = 4;     // zmm vectors of outputs per micro-step (64 floats)
 
 // C rows (given as pointers) [0, rows) x columns [n0, n0 + 16 * nv) = A (rows x K, lda) @ B (K x ., ldb).
+// With accumulate, C rows are added to (a K-block after the first).
 template <int R, int V>
 inline void micro(const float* a, int64_t lda, const float* b, int64_t ldb, float* const* c, int64_t n0,
-                  int64_t k_size) {
+                  int64_t k_size, bool accumulate) {
   __m512 acc[R][V];
+  if (accumulate) {
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(c[r] + n0 + 16 * v);
+  } else {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
   const float* bp = b;                            // the packed panel: row k at b + k * ldb
   for (int64_t k = 0; k < k_size; ++k, bp += ldb) {
     __m512 bv[V];
@@ -92,16 +102,64 @@ void micro2_rows(int rows, const float* a, int64_t lda, const float* b0, const f
   }
 }
 
+// Backward micro-step: T rows = dY rows (R x K) @ W panel; epilogue per row r: g[r] += <T_r, x_r> over this
+// panel's columns, and T_r stored to dx[r] when dx[r] is not null (the pixel's own region).
+template <int R, int V>
+inline void micro_ep(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t n0, int64_t k_size,
+                     const float* const* x, float* const* dx, float* g) {
+  __m512 acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  const float* bp = b;
+  for (int64_t k = 0; k < k_size; ++k, bp += ldb) {
+    __m512 bv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(bp + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    __m512 dot = _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) dot = _mm512_fmadd_ps(acc[r][v], _mm512_loadu_ps(x[r] + n0 + 16 * v), dot);
+    g[r] += _mm512_reduce_add_ps(dot);
+    if (dx[r] != nullptr) {
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) _mm512_storeu_ps(dx[r] + n0 + 16 * v, acc[r][v]);
+    }
+  }
+}
+
+template <int V>
+void micro_ep_rows(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t n0, int64_t k_size,
+                   const float* const* x, float* const* dx, float* g) {
+  switch (rows) {
+    case 6: micro_ep<6, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
+    case 5: micro_ep<5, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
+    case 4: micro_ep<4, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
+    case 3: micro_ep<3, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
+    case 2: micro_ep<2, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
+    default: micro_ep<1, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
+  }
+}
+
 template <int V>
 inline void micro_rows(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, float* const* c,
-                       int64_t n0, int64_t k_size) {
+                       int64_t n0, int64_t k_size, bool accumulate = false) {
   switch (rows) {
-    case 6: micro<6, V>(a, lda, b, ldb, c, n0, k_size); break;
-    case 5: micro<5, V>(a, lda, b, ldb, c, n0, k_size); break;
-    case 4: micro<4, V>(a, lda, b, ldb, c, n0, k_size); break;
-    case 3: micro<3, V>(a, lda, b, ldb, c, n0, k_size); break;
-    case 2: micro<2, V>(a, lda, b, ldb, c, n0, k_size); break;
-    default: micro<1, V>(a, lda, b, ldb, c, n0, k_size); break;
+    case 6: micro<6, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
+    case 5: micro<5, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
+    case 4: micro<4, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
+    case 3: micro<3, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
+    case 2: micro<2, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
+    default: micro<1, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
   }
 }
 
@@ -115,6 +173,10 @@ inline int64_t packed_index(int64_t k, int64_t o, int64_t k_size, int64_t out_co
   return p0 * k_size + k * std::min<int64_t>(PANEL, out_cols - p0) + (o - p0);
 }
 
+// K is cut into blocks of KC rows so that a block of a panel (KC x 64 floats, 32 KB) stays in L1 across the row
+// blocks; a whole panel of K = 512 (128 KB) would be read from L2 once per 6 rows.
+constexpr int64_t KC = 128;
+
 // out rows c[i][0:O] = a[i] (K) @ W (K x O, packed) for i < rows.
 void gemm_rows(int64_t rows, const float* a, int64_t k_size, const float* w, int64_t out_cols, float* const* c) {
   const int64_t vec_cols = out_cols / 16 * 16;
@@ -122,15 +184,19 @@ void gemm_rows(int64_t rows, const float* a, int64_t k_size, const float* w, int
     const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
     const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
     const float* panel = w + n0 * k_size;
-    for (int64_t m0 = 0; m0 < rows; m0 += MR) {
-      const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
-      const float* ap = a + m0 * k_size;
-      float* const* cp = c + m0;
-      switch (nv) {
-        case 4: micro_rows<4>(r, ap, k_size, panel, pw, cp, n0, k_size); break;
-        case 3: micro_rows<3>(r, ap, k_size, panel, pw, cp, n0, k_size); break;
-        case 2: micro_rows<2>(r, ap, k_size, panel, pw, cp, n0, k_size); break;
-        default: micro_rows<1>(r, ap, k_size, panel, pw, cp, n0, k_size); break;
+    for (int64_t k0 = 0; k0 < k_size; k0 += KC) {
+      const int64_t kc = std::min<int64_t>(KC, k_size - k0);
+      for (int64_t m0 = 0; m0 < rows; m0 += MR) {
+        const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
+        const float* ap = a + m0 * k_size + k0;
+        const float* bp = panel + k0 * pw;
+        float* const* cp = c + m0;
+        switch (nv) {
+          case 4: micro_rows<4>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
+          case 3: micro_rows<3>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
+          case 2: micro_rows<2>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
+          default: micro_rows<1>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
+        }
       }
     }
   }
@@ -140,6 +206,97 @@ void gemm_rows(int64_t rows, const float* a, int64_t k_size, const float* w, int
       for (int64_t k = 0; k < k_size; ++k) s += a[i * k_size + k] * w[packed_index(k, o, k_size, out_cols)];
       c[i][o] = s;
     }
+  }
+}
+
+// Eq.7 and dX for one (sample, region): T = dY (rows x K) @ W (K x N, packed); g[i] = <T_i, x_i>;
+// T_i stored to dx[i] where dx[i] is not null.
+void gemm_rows_ep(int64_t rows, const float* a, int64_t k_size, const float* w, int64_t out_cols,
+                  const float* const* x, float* const* dx, float* g) {
+  const int64_t vec_cols = out_cols / 16 * 16;
+  if (k_size > KC && vec_cols > 0) {
+    // K-blocked: the panel's T rows accumulate in a buffer (rows x 64), then the epilogue reads them.
+    std::vector<float> tbuf(rows * PANEL);
+    std::vector<float*> trow(rows);
+    for (int64_t i = 0; i < rows; ++i) trow[i] = tbuf.data() + i * PANEL;
+    for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
+      const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
+      const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
+      const float* panel = w + n0 * k_size;
+      for (int64_t k0 = 0; k0 < k_size; k0 += KC) {
+        const int64_t kc = std::min<int64_t>(KC, k_size - k0);
+        for (int64_t m0 = 0; m0 < rows; m0 += MR) {
+          const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
+          const float* ap = a + m0 * k_size + k0;
+          const float* bp = panel + k0 * pw;
+          switch (nv) {
+            case 4: micro_rows<4>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
+            case 3: micro_rows<3>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
+            case 2: micro_rows<2>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
+            default: micro_rows<1>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
+          }
+        }
+      }
+      const int64_t width = 16 * nv;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float* t = trow[i];
+        const float* xi = x[i] + n0;
+        float dot = 0.f;
+        for (int64_t o = 0; o < width; ++o) dot += t[o] * xi[o];
+        g[i] += dot;
+        if (dx[i] != nullptr) std::memcpy(dx[i] + n0, t, width * sizeof(float));
+      }
+    }
+  } else for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
+    const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
+    const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
+    const float* panel = w + n0 * k_size;
+    for (int64_t m0 = 0; m0 < rows; m0 += MR) {
+      const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
+      const float* ap = a + m0 * k_size;
+      switch (nv) {
+        case 4: micro_ep_rows<4>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
+        case 3: micro_ep_rows<3>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
+        case 2: micro_ep_rows<2>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
+        default: micro_ep_rows<1>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
+      }
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t o = vec_cols; o < out_cols; ++o) {
+      float t = 0.f;
+      for (int64_t k = 0; k < k_size; ++k) t += a[i * k_size + k] * w[packed_index(k, o, k_size, out_cols)];
+      g[i] += t * x[i][o];
+      if (dx[i] != nullptr) dx[i][o] = t;
+    }
+  }
+}
+
+// Filter gradient of one (sample, region): G = DY^T X (O x C) for its n pixels, as one GEMM (A = DY^T gathered
+// into at (O x n), B = X rows gathered into the panel layout bp), into the buffer g (O x C); then
+// acc[k] += coef[k] * G and dcoef[k] = <G, K_k> (K_k, acc[k]: O x C row-major) in one pass.
+void filter_grad(int64_t n, const float* const* dy, const float* const* x, int64_t out_rows, int64_t channels,
+                 const float* coef, int64_t terms, float* const* acc, const float* const* kern, float* dcoef,
+                 float* at, float* bp, float* g, float** grow) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out_rows; ++o) at[o * n + i] = dy[i][o];
+  for (int64_t p0 = 0; p0 < channels; p0 += PANEL) {
+    const int64_t pw = std::min<int64_t>(PANEL, channels - p0);
+    for (int64_t i = 0; i < n; ++i) std::memcpy(bp + p0 * n + i * pw, x[i] + p0, pw * sizeof(float));
+  }
+  for (int64_t o = 0; o < out_rows; ++o) grow[o] = g + o * channels;
+  gemm_rows(out_rows, at, n, bp, channels, grow);
+  const int64_t size = out_rows * channels;
+  for (int64_t k = 0; k < terms; ++k) {
+    float* ak = acc[k];
+    const float* kk = kern[k];
+    const float ck = coef[k];
+    float dot = 0.f;
+    for (int64_t e = 0; e < size; ++e) {
+      ak[e] += ck * g[e];
+      dot += g[e] * kk[e];
+    }
+    dcoef[k] = dot;
   }
 }
 
@@ -189,6 +346,36 @@ void gemm_rows_two_terms(int64_t rows, const float* a, int64_t k_size, const flo
   }
 }
 
+// Per sample, the guided mask (argmax over the m channels of the guide, first maximum; NaN counts as the
+// largest, as torch.argmax) and its pixels ordered by region (counting sort): order (B*P), starts (B*(m+1)).
+void region_order(const torch::Tensor& guide, int64_t batch, int64_t regions, int64_t out_w, int64_t pixels,
+                  std::vector<int64_t>& order, std::vector<int64_t>& starts) {
+  const float* gp = guide.data_ptr<float>();
+  const int64_t gb = guide.stride(0), gj = guide.stride(1), gh = guide.stride(2), gw = guide.stride(3);
+  at::parallel_for(0, batch, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<int64_t> fill(regions), mask(pixels);
+    for (int64_t b = lo; b < hi; ++b) {
+      int64_t* st = starts.data() + b * (regions + 1);
+      std::fill(st, st + regions + 1, 0);
+      for (int64_t p = 0; p < pixels; ++p) {
+        const float* g = gp + b * gb + (p / out_w) * gh + (p % out_w) * gw;
+        float best = g[0];
+        int64_t arg = 0;
+        for (int64_t j = 1; j < regions; ++j) {
+          const float v = g[j * gj];
+          if (v > best || (std::isnan(v) && !std::isnan(best))) { best = v; arg = j; }
+        }
+        mask[p] = arg;
+        ++st[arg + 1];
+      }
+      for (int64_t j = 0; j < regions; ++j) st[j + 1] += st[j];
+      std::copy(st, st + regions, fill.begin());
+      int64_t* ob = order.data() + b * pixels;
+      for (int64_t p = 0; p < pixels; ++p) ob[fill[mask[p]]++] = p;
+    }
+  });
+}
+
 }  // namespace
 
 // x: (B, C, Ho, Wo) float32, any strides (the strided input grid); guide: (B, m, Ho, Wo) float32, any strides;
@@ -212,37 +399,12 @@ torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::
   auto y = torch::empty({batch * pixels, out_cols}, x.options());
   const float* xp = x.data_ptr<float>();
   const int64_t sb = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
-  const float* gp = guide.data_ptr<float>();
-  const int64_t gb = guide.stride(0), gj = guide.stride(1), gh = guide.stride(2), gw = guide.stride(3);
   const float* cp = coef_c.data_ptr<float>();
   const float* kp = kernels.data_ptr<float>();
   const int64_t kr = kernels.stride(0), kt = kernels.stride(1);
   float* yp = y.data_ptr<float>();
-  // Pass 1: per sample, the guided mask (argmax over the m channels of the guide, first maximum; NaN counts as
-  // the largest, as torch.argmax) and its pixels ordered by region (counting sort) with the region starts.
   std::vector<int64_t> order(batch * pixels), starts(batch * (regions + 1));
-  at::parallel_for(0, batch, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<int64_t> fill(regions), mask(pixels);
-    for (int64_t b = lo; b < hi; ++b) {
-      int64_t* st = starts.data() + b * (regions + 1);
-      std::fill(st, st + regions + 1, 0);
-      for (int64_t p = 0; p < pixels; ++p) {
-        const float* g = gp + b * gb + (p / out_w) * gh + (p % out_w) * gw;
-        float best = g[0];
-        int64_t arg = 0;
-        for (int64_t j = 1; j < regions; ++j) {
-          const float v = g[j * gj];
-          if (v > best || (std::isnan(v) && !std::isnan(best))) { best = v; arg = j; }
-        }
-        mask[p] = arg;
-        ++st[arg + 1];
-      }
-      for (int64_t j = 0; j < regions; ++j) st[j + 1] += st[j];
-      std::copy(st, st + regions, fill.begin());
-      int64_t* ob = order.data() + b * pixels;
-      for (int64_t p = 0; p < pixels; ++p) ob[fill[mask[p]]++] = p;
-    }
-  });
+  region_order(guide, batch, regions, out_w, pixels, order, starts);
   // Pass 2: tasks (region j, sample b), region-major so that a thread's consecutive tasks share K[j] in cache.
   const int64_t size = channels * out_cols;
   at::parallel_for(0, regions * batch, 1, [&](int64_t lo, int64_t hi) {
@@ -287,6 +449,110 @@ torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::
   return y;
 }
 
+// Backward of fused_region_forward (stride 1 grid given as rows). x_rows: (B*P, C), dy_rows: (B*P, O) float32
+// contiguous; guide (B, m, Ho, Wo); coef (B, m, T); kernels_oc: (m, T, O * C) from pack_kernels of the (O, C)
+// kernels (any strides on the first two dims); kernels_plain: (m, T, O, C) (same kernels, row-major; any strides
+// on the first two dims). Returns (dx_rows (B*P, C), eq7 (B, m, Ho, Wo), dkernels (m, T, O, C), dcoef (B, m, T))
+// with eq7[b, j, p] = <dy_p, W_bj x_p> (the paper's Eq.7 for every region) and, when filter_grads (else zeros),
+// dkernels[j, k] = sum_b coef[b, j, k] G_bj, dcoef[b, j, k] = <G_bj, K[j, k]>, G_bj = sum_{p in (b, j)} dy_p x_p^T:
+// one (O x C) GEMM per (sample, region), efficient for large groups only (56x56), so callers with small groups
+// compute these per region over the batch instead.
+std::vector<torch::Tensor> fused_region_backward(torch::Tensor x_rows, torch::Tensor dy_rows, torch::Tensor guide,
+                                                 torch::Tensor coef, torch::Tensor kernels_oc,
+                                                 torch::Tensor kernels_plain, bool filter_grads) {
+  TORCH_CHECK(x_rows.dim() == 2 && x_rows.is_contiguous() && x_rows.scalar_type() == torch::kFloat, "x_rows");
+  TORCH_CHECK(dy_rows.dim() == 2 && dy_rows.is_contiguous() && dy_rows.scalar_type() == torch::kFloat, "dy_rows");
+  TORCH_CHECK(guide.dim() == 4 && guide.scalar_type() == torch::kFloat, "guide: (B, m, Ho, Wo) float32");
+  TORCH_CHECK(coef.dim() == 3 && coef.scalar_type() == torch::kFloat, "coef: (B, m, T) float32");
+  const int64_t batch = guide.size(0), regions = guide.size(1), out_w = guide.size(3);
+  const int64_t pixels = guide.size(2) * out_w, channels = x_rows.size(1), out_cols = dy_rows.size(1);
+  const int64_t terms = coef.size(2);
+  TORCH_CHECK(x_rows.size(0) == batch * pixels && dy_rows.size(0) == batch * pixels, "rows: B * Ho * Wo");
+  TORCH_CHECK(kernels_oc.dim() == 3 && kernels_oc.size(0) == regions && kernels_oc.size(1) == terms &&
+              kernels_oc.size(2) == out_cols * channels && kernels_oc.stride(2) == 1, "kernels_oc: (m, T, O * C)");
+  TORCH_CHECK(kernels_plain.dim() == 4 && kernels_plain.size(0) == regions && kernels_plain.size(1) == terms &&
+              kernels_plain.size(2) == out_cols && kernels_plain.size(3) == channels &&
+              kernels_plain.stride(3) == 1 && kernels_plain.stride(2) == channels, "kernels_plain: (m, T, O, C)");
+  TORCH_CHECK(coef.size(0) == batch && coef.size(1) == regions, "coef shape");
+  std::vector<int64_t> order(batch * pixels), starts(batch * (regions + 1));
+  region_order(guide, batch, regions, out_w, pixels, order, starts);
+  auto coef_c = coef.contiguous();
+  auto dx = torch::empty({batch * pixels, channels}, x_rows.options());
+  auto eq7 = torch::zeros({batch, regions, guide.size(2), out_w}, x_rows.options());
+  // without filter_grads these stay empty (0 elements): the caller computes them per region
+  auto dk = filter_grads ? torch::zeros({regions, terms, out_cols, channels}, x_rows.options())
+                         : torch::empty({0}, x_rows.options());
+  auto dcoef = filter_grads ? torch::zeros({batch, regions, terms}, x_rows.options())
+                            : torch::empty({0}, x_rows.options());
+  const float* xp = x_rows.data_ptr<float>();
+  const float* dyp = dy_rows.data_ptr<float>();
+  const float* cp = coef_c.data_ptr<float>();
+  const float* kp = kernels_oc.data_ptr<float>();
+  const int64_t kr = kernels_oc.stride(0), kt = kernels_oc.stride(1);
+  const float* pp = kernels_plain.data_ptr<float>();
+  const int64_t pr = kernels_plain.stride(0), pt = kernels_plain.stride(1);
+  float* dxp = dx.data_ptr<float>();
+  float* gp = eq7.data_ptr<float>();
+  float* dkp = dk.data_ptr<float>();
+  float* dcp = dcoef.data_ptr<float>();
+  const int64_t size = channels * out_cols;
+  std::mutex merge;
+  std::map<int64_t, std::pair<int64_t, std::vector<float>>> partials;   // first task -> (first region, sums)
+  at::parallel_for(0, regions * batch, 1, [&](int64_t lo, int64_t hi) {
+    const int64_t j_lo = lo / batch, j_hi = (hi - 1) / batch;
+    std::vector<float> w(size), acc(filter_grads ? (j_hi - j_lo + 1) * terms * size : 0, 0.f);
+    std::vector<float> gbuf(filter_grads ? size : 0), at(filter_grads ? out_cols * pixels : 0);
+    std::vector<float> bpk(filter_grads ? pixels * channels : 0);
+    std::vector<const float*> xrow(pixels), dyrow(pixels), kern(terms);
+    std::vector<float*> dxrow(pixels), accp(terms), grow(out_cols);
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t j = task / batch, b = task % batch;
+      const int64_t* st = starts.data() + b * (regions + 1);
+      const int64_t n = st[j + 1] - st[j];
+      const int64_t* pix = order.data() + b * pixels + st[j];
+      const float* cj = cp + (b * regions + j) * terms;
+      // Eq.7 for every pixel of the sample and dX for the region's own pixels: T = dY_b (P x O) @ W_bj (O x C)
+      build_filter(w.data(), kp + j * kr, kt, cj, terms, size);
+      for (int64_t p = 0; p < pixels; ++p) {
+        xrow[p] = xp + (b * pixels + p) * channels;
+        dxrow[p] = nullptr;
+      }
+      for (int64_t i = 0; i < n; ++i) dxrow[pix[i]] = dxp + (b * pixels + pix[i]) * channels;
+      gemm_rows_ep(pixels, dyp + b * pixels * out_cols, out_cols, w.data(), channels, xrow.data(), dxrow.data(),
+                   gp + (b * regions + j) * pixels);
+      if (n == 0 || !filter_grads) continue;
+      // filter gradient of (b, j) into this thread's accumulators, coefficient gradient
+      for (int64_t i = 0; i < n; ++i) {
+        xrow[i] = xp + (b * pixels + pix[i]) * channels;
+        dyrow[i] = dyp + (b * pixels + pix[i]) * out_cols;
+      }
+      for (int64_t k = 0; k < terms; ++k) {
+        accp[k] = acc.data() + ((j - j_lo) * terms + k) * size;
+        kern[k] = pp + j * pr + k * pt;
+      }
+      filter_grad(n, dyrow.data(), xrow.data(), out_cols, channels, cj, terms, accp.data(), kern.data(),
+                  dcp + (b * regions + j) * terms, at.data(), bpk.data(), gbuf.data(), grow.data());
+    }
+    if (!filter_grads) return;
+    std::lock_guard<std::mutex> guard(merge);
+    partials.emplace(lo, std::make_pair(j_lo, std::move(acc)));
+  });
+  // Merge the per-thread partial sums in task order (not in the order threads finished): the same result on
+  // every run with the same thread count.
+  for (const auto& entry : partials) {
+    const int64_t j_lo = entry.second.first;
+    const std::vector<float>& acc = entry.second.second;
+    const int64_t count = static_cast<int64_t>(acc.size()) / (terms * size);
+    for (int64_t jj = 0; jj < count; ++jj)
+      for (int64_t k = 0; k < terms; ++k) {
+        float* dst = dkp + ((j_lo + jj) * terms + k) * size;
+        const float* src = acc.data() + (jj * terms + k) * size;
+        for (int64_t e = 0; e < size; ++e) dst[e] += src[e];
+      }
+  }
+  return {dx, eq7, dk, dcoef};
+}
+
 // kernels_t: (N, C, O) float32 -> (N, C * O), each (C, O) matrix in the panel layout of gemm_rows.
 torch::Tensor pack_kernels(torch::Tensor kernels_t) {
   TORCH_CHECK(kernels_t.dim() == 3 && kernels_t.scalar_type() == torch::kFloat, "kernels_t: (N, C, O) float32");
@@ -307,4 +573,5 @@ torch::Tensor pack_kernels(torch::Tensor kernels_t) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_region_forward", &fused_region_forward, "fused 1x1 DRConv forward (inference, float32)");
   m.def("pack_kernels", &pack_kernels, "(N, C, O) kernels to the fused kernel's panel layout");
+  m.def("fused_region_backward", &fused_region_backward, "backward of the fused 1x1 DRConv (float32)");
 }
