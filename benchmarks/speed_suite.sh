@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU speed measurements behind the README's speed table and docs/drconv-speed.md, in one go (about 25
+# The CPU speed measurements behind the README's speed table and docs/drconv-speed.md, in one go (about 30
 # minutes on the 2-core VM). Every ratio is against the baseline measured in the same process; FACEREC_ONEDNN=0
 # runs the same code with the oneDNN GEMMs switched off (torch.mm / _grouped_mm, the code before they came).
 # Outputs: docs/results/speed/<name>.md (override with OUT=...). Run on an otherwise idle machine.
@@ -28,3 +28,9 @@ run models_t2_paper_no_onednn env FACEREC_ONEDNN=0 "$PY" benchmarks/models.py --
     drconv_mobilefacenet --threads 2 --repeats 3 --generator paper
 run models_ms1m_t2 "$PY" benchmarks/models.py --models mobilefacenet drconv_mobilefacenet condconv_mobilefacenet \
     local_mobilefacenet --threads 2 --repeats 2 --batch 64 --input-size 112x96 --classes 85742
+# The model ratios with the paths switched in one process (interleaved; the figures the README quotes).
+run paths_ab_threads_2_generator_paper "$PY" benchmarks/drconv_paths_ab.py --threads 2 --generator paper
+run paths_ab_threads_2_generator_basis "$PY" benchmarks/drconv_paths_ab.py --threads 2 --generator basis
+run paths_ab_threads_1_generator_paper "$PY" benchmarks/drconv_paths_ab.py --threads 1 --generator paper
+run paths_ab_threads_2_batch_64_inputsize_112x96 "$PY" benchmarks/drconv_paths_ab.py --threads 2 --batch 64 \
+    --input-size 112x96

@@ -135,7 +135,7 @@ class _FusedPaperFunction(torch.autograd.Function):
         guide32 = guide.float()
         out_rows = module.fused_region_forward(image, guide32, coef_full, packed, out_channels)
         ctx.save_for_backward(rows, guide, coef_full, kernels)
-        ctx.stride, ctx.input_shape = stride, input.shape
+        ctx.stride, ctx.input_shape, ctx.packed_co = stride, input.shape, packed
         return out_rows.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
     @staticmethod
@@ -154,7 +154,10 @@ class _FusedPaperFunction(torch.autograd.Function):
         dx_rows, eq7, dk, dcoef = module.fused_region_backward(rows, dy_rows, guide.float(), coef_full, packed_oc,
                                                                kernels, per_group)
         if not per_group and any(ctx.needs_input_grad[2:5]):
-            dk, dcoef = _filter_grads_by_region(rows, dy_rows, guide, coef_full, kernels)
+            packed_co = ctx.packed_co if ctx.packed_co is not None else \
+                module.pack_kernels(kernels.flatten(0, 1).transpose(1, 2)).view(regions, terms, -1)
+            dk, dcoef = module.fused_region_filter_grads(rows, dy_rows, guide.float(), coef_full, packed_co,
+                                                         out_channels)
         grad_input = grad_guide = grad_coef = grad_static = grad_dynamic = None
         if ctx.needs_input_grad[0]:
             dx = dx_rows.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
@@ -175,42 +178,13 @@ class _FusedPaperFunction(torch.autograd.Function):
 
 
 # The backward kernel forms each (sample, region)'s filter gradient (O x C) in one GEMM when a region has at least
-# this many pixels per sample on average (14x14 and up with m = 8); with fewer, forming and folding B*m such
-# matrices costs more than their GEMMs, and the gradients are computed per region over the whole batch instead
-# (_filter_grads_by_region). Measured (layer forward+backward, batch 32, m = 8, 2 threads, ratio to a conv):
-# in the kernel / by region: 64->128 @56x56 2.98x / 4.63x, 64->128 @28x28 3.34x / 5.12x, 128->128 @14x14
-# 5.14x / 6.27x, 128->256 @14x14 4.92x / 5.79x; 128->512 @7x7 9.23x / 7.27x, 512->128 @7x7 10.12x / 7.98x.
-FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION = 16
-
-
-def _filter_grads_by_region(rows: Tensor, dy_rows: Tensor, guide: Tensor, coef_full: Tensor, kernels: Tensor):
-    """dK[j, k] = sum_{p in j} coef[b_p, j, k] dY_p x_p^T and dcoef[b, j, k] = sum_{p in (b, j)} <dY_p, K[j, k] x_p>
-    from pixel rows sorted by region: per region one GEMM for all T kernels' gradients and one for K x (oneDNN on
-    CPU float32, see facerec.nn._onednn)."""
-    from facerec.nn import _onednn
-    from facerec.nn.functional import guided_mask
-    regions, terms, out_channels, channels = kernels.shape
-    batch = coef_full.shape[0]
-    pixels = rows.shape[0] // batch
-    mask = guided_mask(guide).reshape(-1)
-    sorted_mask, perm = torch.sort(mask, stable=True)
-    counts = torch.bincount(mask, minlength=regions).tolist()
-    group = torch.div(perm, pixels, rounding_mode="floor") * regions + sorted_mask
-    row_coef = coef_full.reshape(batch * regions, terms).index_select(0, group)           # (N, T)
-    sorted_x, sorted_dy = rows.index_select(0, perm), dy_rows.index_select(0, perm)
-    dk = rows.new_zeros(regions, terms, out_channels, channels)
-    dots = rows.new_empty(rows.shape[0], terms)
-    start = 0
-    for j, n in enumerate(counts):
-        if n:
-            xj, dyj, cj = sorted_x[start:start + n], sorted_dy[start:start + n], row_coef[start:start + n]
-            left = (dyj.unsqueeze(1) * cj.unsqueeze(2)).reshape(n, terms * out_channels)     # (n, T*O)
-            dk[j] = (left.t() @ xj).view(terms, out_channels, channels)
-            u = _onednn.rows_matmul(xj, kernels[j].reshape(terms * out_channels, channels))  # (n, T*O)
-            dots[start:start + n] = (u.view(n, terms, out_channels) * dyj.unsqueeze(1)).sum(-1)
-        start += n
-    dcoef = rows.new_zeros(batch * regions, terms).index_add_(0, group, dots)
-    return dk, dcoef.view(batch, regions, terms)
+# this many pixels per sample on average (28x28 and up with m = 8); with fewer, forming and folding B*m such
+# matrices costs more than their GEMMs, and fused_region_filter_grads computes the gradients per region over the
+# whole batch instead. Measured (layer forward+backward, batch 32, m = 8, 2 threads, ratio to a conv; in the
+# kernel / per region): 64->128 @56x56 3.02x / 5.16x, 64->128 @28x28 3.44x / 4.81x, 128->64 @28x28 4.18x / 5.28x;
+# 128->128 @14x14 5.07x / 4.91x, 128->256 @14x14 5.08x / 4.98x, 256->128 @14x14 5.16x / 5.01x;
+# 128->512 @7x7 9.41x / 5.79x, 512->128 @7x7 10.02x / 6.35x.
+FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION = 64
 
 
 def paper_region_conv2d(input: Tensor, guide: Tensor, coef: Tensor, static: Tensor, dynamic: Tensor,

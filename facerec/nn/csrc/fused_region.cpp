@@ -553,6 +553,87 @@ std::vector<torch::Tensor> fused_region_backward(torch::Tensor x_rows, torch::Te
   return {dx, eq7, dk, dcoef};
 }
 
+// Filter and coefficient gradients per region over the whole batch (for regions of few pixels per sample, where
+// per-(sample, region) filter gradients cost more than their multiply-adds). x_rows (B*P, C), dy_rows (B*P, O);
+// guide (B, m, Ho, Wo); coef (B, m, T); kernels_co: (m, T, C * O) packed (C, O) kernels (pack_kernels of the
+// transposed kernels); kernels_plain (m, T, O, C). Returns dkernels (m, T, O, C) with dkernels[j, k] =
+// sum_{p in j} coef[b_p, j, k] dy_p x_p^T (one GEMM per region, K = the region's pixels) and dcoef (B, m, T)
+// with dcoef[b, j, k] = sum_{p in (b, j)} <dy_p, K[j, k] x_p> (u = X_j K_jk^T, one GEMM per region and k).
+std::vector<torch::Tensor> fused_region_filter_grads(torch::Tensor x_rows, torch::Tensor dy_rows, torch::Tensor guide,
+                                                     torch::Tensor coef, torch::Tensor kernels_co,
+                                                     int64_t out_cols) {
+  TORCH_CHECK(x_rows.dim() == 2 && x_rows.is_contiguous() && x_rows.scalar_type() == torch::kFloat, "x_rows");
+  TORCH_CHECK(dy_rows.dim() == 2 && dy_rows.is_contiguous() && dy_rows.scalar_type() == torch::kFloat, "dy_rows");
+  TORCH_CHECK(guide.dim() == 4 && guide.scalar_type() == torch::kFloat, "guide: (B, m, Ho, Wo) float32");
+  TORCH_CHECK(coef.dim() == 3 && coef.scalar_type() == torch::kFloat, "coef: (B, m, T) float32");
+  const int64_t batch = guide.size(0), regions = guide.size(1), out_w = guide.size(3);
+  const int64_t pixels = guide.size(2) * out_w, channels = x_rows.size(1), terms = coef.size(2);
+  TORCH_CHECK(dy_rows.size(1) == out_cols && x_rows.size(0) == batch * pixels && dy_rows.size(0) == batch * pixels,
+              "rows: B * Ho * Wo");
+  TORCH_CHECK(kernels_co.dim() == 3 && kernels_co.size(0) == regions && kernels_co.size(1) == terms &&
+              kernels_co.size(2) == channels * out_cols && kernels_co.stride(2) == 1, "kernels_co: (m, T, C * O)");
+  std::vector<int64_t> order(batch * pixels), starts(batch * (regions + 1));
+  region_order(guide, batch, regions, out_w, pixels, order, starts);
+  auto coef_c = coef.contiguous();
+  auto dk = torch::empty({regions, terms, out_cols, channels}, x_rows.options());
+  auto dcoef = torch::zeros({batch, regions, terms}, x_rows.options());
+  const float* xp = x_rows.data_ptr<float>();
+  const float* dyp = dy_rows.data_ptr<float>();
+  const float* cp = coef_c.data_ptr<float>();
+  const float* kp = kernels_co.data_ptr<float>();
+  const int64_t kr = kernels_co.stride(0), kt = kernels_co.stride(1);
+  float* dkp = dk.data_ptr<float>();
+  float* dcp = dcoef.data_ptr<float>();
+  at::parallel_for(0, regions, 1, [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      std::vector<int64_t> rows_j, sample_j;                    // the region's rows, sample by sample
+      for (int64_t b = 0; b < batch; ++b) {
+        const int64_t* st = starts.data() + b * (regions + 1);
+        for (int64_t i = st[j]; i < st[j + 1]; ++i) {
+          rows_j.push_back(b * pixels + order[b * pixels + i]);
+          sample_j.push_back(b);
+        }
+      }
+      const int64_t n = static_cast<int64_t>(rows_j.size());
+      std::vector<float*> drow(terms * out_cols);
+      for (int64_t e = 0; e < terms * out_cols; ++e) drow[e] = dkp + (j * terms * out_cols + e) * channels;
+      if (n == 0) {
+        for (int64_t e = 0; e < terms * out_cols; ++e) std::fill(drow[e], drow[e] + channels, 0.f);
+        continue;
+      }
+      // dK_j = L^T X_j, L_i = [coef[b_i, j, k] dy_i]_k: A = L^T (T*O x n), B = X_j packed (n x C)
+      std::vector<float> at(terms * out_cols * n), bp(n * channels), xj(n * channels);
+      for (int64_t i = 0; i < n; ++i) {
+        const float* dyi = dyp + rows_j[i] * out_cols;
+        const float* ci = cp + (sample_j[i] * regions + j) * terms;
+        for (int64_t k = 0; k < terms; ++k)
+          for (int64_t o = 0; o < out_cols; ++o) at[(k * out_cols + o) * n + i] = ci[k] * dyi[o];
+        std::memcpy(xj.data() + i * channels, xp + rows_j[i] * channels, channels * sizeof(float));
+      }
+      for (int64_t p0 = 0; p0 < channels; p0 += PANEL) {
+        const int64_t pw = std::min<int64_t>(PANEL, channels - p0);
+        for (int64_t i = 0; i < n; ++i) std::memcpy(bp.data() + p0 * n + i * pw, xj.data() + i * channels + p0,
+                                                    pw * sizeof(float));
+      }
+      gemm_rows(terms * out_cols, at.data(), n, bp.data(), channels, drow.data());
+      // dcoef: u = X_j K_jk^T (n x O) per k, dotted with dy row by row, summed per sample in row order
+      std::vector<float> u(n * out_cols);
+      std::vector<float*> urow(n);
+      for (int64_t i = 0; i < n; ++i) urow[i] = u.data() + i * out_cols;
+      for (int64_t k = 0; k < terms; ++k) {
+        gemm_rows(n, xj.data(), channels, kp + j * kr + k * kt, out_cols, urow.data());
+        for (int64_t i = 0; i < n; ++i) {
+          const float* dyi = dyp + rows_j[i] * out_cols;
+          float dot = 0.f;
+          for (int64_t o = 0; o < out_cols; ++o) dot += urow[i][o] * dyi[o];
+          dcp[(sample_j[i] * regions + j) * terms + k] += dot;
+        }
+      }
+    }
+  });
+  return {dk, dcoef};
+}
+
 // kernels_t: (N, C, O) float32 -> (N, C * O), each (C, O) matrix in the panel layout of gemm_rows.
 torch::Tensor pack_kernels(torch::Tensor kernels_t) {
   TORCH_CHECK(kernels_t.dim() == 3 && kernels_t.scalar_type() == torch::kFloat, "kernels_t: (N, C, O) float32");
@@ -574,4 +655,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_region_forward", &fused_region_forward, "fused 1x1 DRConv forward (inference, float32)");
   m.def("pack_kernels", &pack_kernels, "(N, C, O) kernels to the fused kernel's panel layout");
   m.def("fused_region_backward", &fused_region_backward, "backward of the fused 1x1 DRConv (float32)");
+  m.def("fused_region_filter_grads", &fused_region_filter_grads, "filter / coefficient gradients per region");
 }
