@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "TRAIN_ENABLED", "available", "pack_kernels", "paper_region_conv2d", "region_forward",
-           "trainable"]
+__all__ = ["ENABLED", "TRAIN_ENABLED", "available", "basis_region_conv2d", "pack_kernels", "paper_region_conv2d",
+           "region_forward", "trainable"]
 
 ENABLED = os.environ.get("FACEREC_FUSED", "1") != "0"
 TRAIN_ENABLED = os.environ.get("FACEREC_FUSED_TRAIN", "1") != "0"
@@ -116,25 +116,27 @@ def region_forward(x: Tensor, guide: Tensor, coef: Tensor, kernels: Tensor, out_
     return rows.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
 
-class _FusedPaperFunction(torch.autograd.Function):
+class _FusedRegionFunction(torch.autograd.Function):
     """Training path: the fused forward, and the fused backward (Eq.7 for all regions with dX in the same GEMM per
-    (region, sample), filter and coefficient gradients reduced without storing per-sample filter gradients)."""
+    (region, sample), filter and coefficient gradients reduced without storing per-sample filter gradients).
+
+    Inputs: input (B, C, H, W), guide (B, m, Ho, Wo), coef (B, m, T), kernels (m, T, O, C) or (1, T, O, C) for
+    kernels shared by all regions (the basis generator), stride. Gradients for all four tensors."""
 
     @staticmethod
-    def forward(ctx, input, guide, coef, static, dynamic, stride):
+    def forward(ctx, input, guide, coef, kernels, stride):
         module = _load()
         x = input if stride == (1, 1) else input[:, :, ::stride[0], ::stride[1]]
         batch, channels, out_h, out_w = x.shape
-        regions, out_channels = static.shape[0], static.shape[1]
+        regions, terms, out_channels = guide.shape[1], kernels.shape[1], kernels.shape[2]
         rows = x.permute(0, 2, 3, 1).reshape(batch * out_h * out_w, channels)       # a view if channels_last
-        kernels = torch.cat([static.unsqueeze(1), dynamic], 1)                       # (m, T, O, C)
-        terms = kernels.shape[1]
-        coef_full = torch.cat([coef.new_ones(batch, regions, 1), coef], 2).contiguous()
-        packed = module.pack_kernels(kernels.flatten(0, 1).transpose(1, 2)).view(regions, terms, -1)
+        kernels = kernels.contiguous()
+        packed = module.pack_kernels(kernels.flatten(0, 1).transpose(1, 2)).view(kernels.shape[0], terms, -1)
+        packed = packed.expand(regions, -1, -1)
+        coef = coef.contiguous()
         image = rows.view(batch, out_h, out_w, channels).permute(0, 3, 1, 2)
-        guide32 = guide.float()
-        out_rows = module.fused_region_forward(image, guide32, coef_full, packed, out_channels)
-        ctx.save_for_backward(rows, guide, coef_full, kernels)
+        out_rows = module.fused_region_forward(image, guide.float(), coef, packed, out_channels)
+        ctx.save_for_backward(rows, guide, coef, kernels)
         ctx.stride, ctx.input_shape, ctx.packed_co = stride, input.shape, packed
         return out_rows.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
@@ -142,23 +144,21 @@ class _FusedPaperFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         from facerec.nn.functional import softmax_straight_through_grad
         module = _load()
-        rows, guide, coef_full, kernels = ctx.saved_tensors
+        rows, guide, coef, kernels = ctx.saved_tensors
         stride = ctx.stride
         batch, out_channels, out_h, out_w = grad_out.shape
-        regions, terms = kernels.shape[:2]
+        regions, terms = guide.shape[1], kernels.shape[1]
         dy_rows = grad_out.float().permute(0, 2, 3, 1).reshape(batch * out_h * out_w, out_channels).contiguous()
-        packed_oc = module.pack_kernels(kernels.flatten(0, 1)).view(regions, terms, -1)
-        pixels = out_h * out_w
-        per_group = pixels >= FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION * regions
+        packed_oc = module.pack_kernels(kernels.flatten(0, 1)).view(kernels.shape[0], terms, -1)
+        plain = kernels.expand(regions, -1, -1, -1)
+        per_group = out_h * out_w >= FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION * regions
         rows = rows.contiguous()
-        dx_rows, eq7, dk, dcoef = module.fused_region_backward(rows, dy_rows, guide.float(), coef_full, packed_oc,
-                                                               kernels, per_group)
-        if not per_group and any(ctx.needs_input_grad[2:5]):
-            packed_co = ctx.packed_co if ctx.packed_co is not None else \
-                module.pack_kernels(kernels.flatten(0, 1).transpose(1, 2)).view(regions, terms, -1)
-            dk, dcoef = module.fused_region_filter_grads(rows, dy_rows, guide.float(), coef_full, packed_co,
+        dx_rows, eq7, dk, dcoef = module.fused_region_backward(rows, dy_rows, guide.float(), coef,
+                                                               packed_oc.expand(regions, -1, -1), plain, per_group)
+        if not per_group and any(ctx.needs_input_grad[2:4]):
+            dk, dcoef = module.fused_region_filter_grads(rows, dy_rows, guide.float(), coef, ctx.packed_co,
                                                          out_channels)
-        grad_input = grad_guide = grad_coef = grad_static = grad_dynamic = None
+        grad_input = grad_guide = None
         if ctx.needs_input_grad[0]:
             dx = dx_rows.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
             if stride == (1, 1):
@@ -168,13 +168,11 @@ class _FusedPaperFunction(torch.autograd.Function):
                 grad_input[:, :, ::stride[0], ::stride[1]] = dx
         if ctx.needs_input_grad[1]:
             grad_guide = softmax_straight_through_grad(guide, eq7.to(guide.dtype))
-        if ctx.needs_input_grad[2]:
-            grad_coef = dcoef[:, :, 1:]
+        grad_coef = dcoef if ctx.needs_input_grad[2] else None
+        grad_kernels = None
         if ctx.needs_input_grad[3]:
-            grad_static = dk[:, 0]
-        if ctx.needs_input_grad[4]:
-            grad_dynamic = dk[:, 1:]
-        return grad_input, grad_guide, grad_coef, grad_static, grad_dynamic, None
+            grad_kernels = dk if kernels.shape[0] == regions else dk.sum(0, keepdim=True)
+        return grad_input, grad_guide, grad_coef, grad_kernels, None
 
 
 # The backward kernel forms each (sample, region)'s filter gradient (O x C) in one GEMM when a region has at least
@@ -192,5 +190,14 @@ def paper_region_conv2d(input: Tensor, guide: Tensor, coef: Tensor, static: Tens
     """Differentiable fused 1x1 DRConv with the paper generator's structure, the same contract as
     ``facerec.nn.structured.paper_region_conv2d`` (input (B, C, H, W), guide (B, m, Ho, Wo), coef (B, m, t),
     static (m, O, C), dynamic (m, t, O, C), all float32 on CPU; returns (B, O, Ho, Wo), channels_last strides).
-    Needs the kernel built (``available``-style checks are the caller's)."""
-    return _FusedPaperFunction.apply(input, guide, coef, static, dynamic, tuple(stride))
+    Needs the kernel built (``trainable``)."""
+    kernels = torch.cat([static.unsqueeze(1), dynamic], 1)                             # (m, 1+t, O, C)
+    coef_full = torch.cat([coef.new_ones(coef.shape[0], coef.shape[1], 1), coef], 2)   # (B, m, 1+t)
+    return _FusedRegionFunction.apply(input, guide, coef_full, kernels, tuple(stride))
+
+
+def basis_region_conv2d(input: Tensor, guide: Tensor, routing: Tensor, bases: Tensor, stride=(1, 1)) -> Tensor:
+    """Differentiable fused 1x1 DRConv with the basis generator's structure: region j of sample b uses
+    ``sum_r routing[b, j, r] bases[r]``. input (B, C, H, W), guide (B, m, Ho, Wo), routing (B, m, r), bases
+    (r, O, C), float32 on CPU; returns (B, O, Ho, Wo), channels_last strides. Needs the kernel built."""
+    return _FusedRegionFunction.apply(input, guide, routing, bases.unsqueeze(0), tuple(stride))

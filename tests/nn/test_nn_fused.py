@@ -200,3 +200,50 @@ def test_drconv_training_uses_fused_path_and_matches_structured(monkeypatch):
     monkeypatch.setattr(fused, "TRAIN_ENABLED", False)
     layer(x).sum().backward()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("filter_grads_in_kernel", [True, False])
+def test_fused_basis_training_matches_float64(filter_grads_in_kernel, monkeypatch):
+    """The shared-kernel form (basis generator): filters sum_r routing[b, j, r] bases[r]; gradients of the input,
+    guide, routing and the shared bases against region_conv2d in float64 on the materialised filters."""
+    from facerec.nn.functional import region_conv2d
+    monkeypatch.setattr(fused, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0 if filter_grads_in_kernel else 10 ** 9)
+    gen = torch.Generator().manual_seed(5)
+    inputs64 = [torch.randn(3, 12, 7, 6, dtype=torch.float64, generator=gen),
+                torch.randn(3, 4, 7, 6, dtype=torch.float64, generator=gen),
+                torch.rand(3, 4, 3, dtype=torch.float64, generator=gen),
+                torch.randn(3, 40, 12, dtype=torch.float64, generator=gen)]
+    inputs64 = [t.requires_grad_() for t in inputs64]
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    y32 = fused.basis_region_conv2d(*inputs32)
+    x, guide, routing, bases = inputs64
+    y64 = region_conv2d(x, torch.einsum("bmr,roc->bmoc", routing, bases)[..., None, None], guide)
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
+    grad_out = torch.randn_like(y64)
+    for name, got, want in zip(("input", "guide", "routing", "bases"),
+                               torch.autograd.grad(y32, inputs32, grad_out.float()),
+                               torch.autograd.grad(y64, inputs64, grad_out)):
+        scale = max(want.abs().max().item(), 1.0)
+        torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-4, atol=1e-5,
+                                   msg=f"gradient of {name}")
+
+
+def test_drconv_basis_training_uses_fused_path_from_64m_pixels(monkeypatch):
+    calls = []
+    real = fused.basis_region_conv2d
+    monkeypatch.setattr(fused, "basis_region_conv2d", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = DRConv2d(8, 16, 1, regions=2, generator="basis", num_bases=3, init="spread")
+    reference = DRConv2d(8, 16, 1, regions=2, generator="basis", num_bases=3, init="spread", basis_path="gather")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 8, 12, 11)                                  # 132 pixels >= 64 * m = 128
+    grads = []
+    for module in (layer, reference):
+        xi = x.clone().requires_grad_()
+        module(xi).square().sum().backward()
+        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+    assert len(calls) == 1
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    layer(torch.randn(2, 8, 11, 11)).sum().backward()              # 121 < 128: the dense / gathered paths
+    assert len(calls) == 1
