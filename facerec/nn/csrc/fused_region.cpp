@@ -1,4 +1,4 @@
-// Fused 1x1 DRConv forward for inference on CPU (float32, AVX-512): facerec/nn/_fused.py builds and loads it.
+// Fused 1x1 DRConv on CPU (float32, AVX-512), forward and backward: facerec/nn/_fused.py builds and loads it.
 //
 // For every sample b and region j the region filter W_bj = sum_k coef[b, j, k] K[j, k] (K given transposed,
 // (C, O) per kernel) is built in a per-thread buffer that stays in cache, the pixels of (b, j) are gathered from
@@ -24,11 +24,13 @@ namespace {
 constexpr int MR = 6;     // rows per micro-step
 constexpr int NV = 4;     // zmm vectors of outputs per micro-step (64 floats)
 
-// C rows (given as pointers) [0, rows) x columns [n0, n0 + 16 * nv) = A (rows x K, lda) @ B (K x ., ldb).
-// With accumulate, C rows are added to (a K-block after the first).
-template <int R, int V>
-inline void micro(const float* a, int64_t lda, const float* b, int64_t ldb, float* const* c, int64_t n0,
-                  int64_t k_size, bool accumulate) {
+// C rows (given as pointers) [0, R) x columns [n0, n0 + 16 * V) = A (R x K, lda) @ B (K x 16V, row k at
+// b0 + k * ldb). With TWO, B = s0 * B0 + s1 * B1 is formed in registers from two packed kernel panels (for a
+// single row block this reads the two kernels once instead of building the filter in memory and reading it
+// back). With accumulate, C rows are added to (a K-block after the first).
+template <int R, int V, bool TWO>
+inline void micro(const float* a, int64_t lda, const float* b0, const float* b1, float s0, float s1, int64_t ldb,
+                  float* const* c, int64_t n0, int64_t k_size, bool accumulate) {
   __m512 acc[R][V];
   if (accumulate) {
 #pragma GCC unroll 8
@@ -41,41 +43,17 @@ inline void micro(const float* a, int64_t lda, const float* b, int64_t ldb, floa
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
   }
-  const float* bp = b;                            // the packed panel: row k at b + k * ldb
-  for (int64_t k = 0; k < k_size; ++k, bp += ldb) {
-    __m512 bv[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(bp + 16 * v);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c[r] + n0 + 16 * v, acc[r][v]);
-}
-
-// The same with B = c0 * B0 + c1 * B1 formed in registers (two packed kernel panels): for a single row block
-// this reads the two kernels once instead of building the filter in memory and reading it back.
-template <int R, int V>
-inline void micro2(const float* a, int64_t lda, const float* b0, const float* b1, float c0, float c1, int64_t ldb,
-                   float* const* c, int64_t n0, int64_t k_size) {
-  __m512 acc[R][V];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-  const __m512 s0 = _mm512_set1_ps(c0), s1 = _mm512_set1_ps(c1);
+  const __m512 v0 = _mm512_set1_ps(s0), v1 = _mm512_set1_ps(s1);
   for (int64_t k = 0; k < k_size; ++k) {
     __m512 bv[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v)
-      bv[v] = _mm512_fmadd_ps(s1, _mm512_loadu_ps(b1 + k * ldb + 16 * v),
-                              _mm512_mul_ps(s0, _mm512_loadu_ps(b0 + k * ldb + 16 * v)));
+    for (int v = 0; v < V; ++v) {
+      if constexpr (TWO)
+        bv[v] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(b1 + k * ldb + 16 * v),
+                                _mm512_mul_ps(v0, _mm512_loadu_ps(b0 + k * ldb + 16 * v)));
+      else
+        bv[v] = _mm512_loadu_ps(b0 + k * ldb + 16 * v);
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const __m512 av = _mm512_set1_ps(a[r * lda + k]);
@@ -89,77 +67,27 @@ inline void micro2(const float* a, int64_t lda, const float* b0, const float* b1
     for (int v = 0; v < V; ++v) _mm512_storeu_ps(c[r] + n0 + 16 * v, acc[r][v]);
 }
 
-template <int V>
-void micro2_rows(int rows, const float* a, int64_t lda, const float* b0, const float* b1, float c0, float c1,
-                 int64_t ldb, float* const* c, int64_t n0, int64_t k_size) {
+template <int V, bool TWO>
+void micro_rows(int rows, const float* a, int64_t lda, const float* b0, const float* b1, float s0, float s1,
+                int64_t ldb, float* const* c, int64_t n0, int64_t k_size, bool accumulate) {
   switch (rows) {
-    case 6: micro2<6, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
-    case 5: micro2<5, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
-    case 4: micro2<4, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
-    case 3: micro2<3, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
-    case 2: micro2<2, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
-    default: micro2<1, V>(a, lda, b0, b1, c0, c1, ldb, c, n0, k_size); break;
+    case 6: micro<6, V, TWO>(a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    case 5: micro<5, V, TWO>(a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    case 4: micro<4, V, TWO>(a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    case 3: micro<3, V, TWO>(a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    case 2: micro<2, V, TWO>(a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    default: micro<1, V, TWO>(a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
   }
 }
 
-// Backward micro-step: T rows = dY rows (R x K) @ W panel; epilogue per row r: g[r] += <T_r, x_r> over this
-// panel's columns, and T_r stored to dx[r] when dx[r] is not null (the pixel's own region).
-template <int R, int V>
-inline void micro_ep(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t n0, int64_t k_size,
-                     const float* const* x, float* const* dx, float* g) {
-  __m512 acc[R][V];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
-  const float* bp = b;
-  for (int64_t k = 0; k < k_size; ++k, bp += ldb) {
-    __m512 bv[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(bp + 16 * v);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    __m512 dot = _mm512_setzero_ps();
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) dot = _mm512_fmadd_ps(acc[r][v], _mm512_loadu_ps(x[r] + n0 + 16 * v), dot);
-    g[r] += _mm512_reduce_add_ps(dot);
-    if (dx[r] != nullptr) {
-#pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) _mm512_storeu_ps(dx[r] + n0 + 16 * v, acc[r][v]);
-    }
-  }
-}
-
-template <int V>
-void micro_ep_rows(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t n0, int64_t k_size,
-                   const float* const* x, float* const* dx, float* g) {
-  switch (rows) {
-    case 6: micro_ep<6, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
-    case 5: micro_ep<5, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
-    case 4: micro_ep<4, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
-    case 3: micro_ep<3, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
-    case 2: micro_ep<2, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
-    default: micro_ep<1, V>(a, lda, b, ldb, n0, k_size, x, dx, g); break;
-  }
-}
-
-template <int V>
-inline void micro_rows(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, float* const* c,
-                       int64_t n0, int64_t k_size, bool accumulate = false) {
-  switch (rows) {
-    case 6: micro<6, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
-    case 5: micro<5, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
-    case 4: micro<4, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
-    case 3: micro<3, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
-    case 2: micro<2, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
-    default: micro<1, V>(a, lda, b, ldb, c, n0, k_size, accumulate); break;
+template <bool TWO>
+void micro_any(int rows, int64_t nv, const float* a, int64_t lda, const float* b0, const float* b1, float s0,
+               float s1, int64_t ldb, float* const* c, int64_t n0, int64_t k_size, bool accumulate) {
+  switch (nv) {
+    case 4: micro_rows<4, TWO>(rows, a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    case 3: micro_rows<3, TWO>(rows, a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    case 2: micro_rows<2, TWO>(rows, a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
+    default: micro_rows<1, TWO>(rows, a, lda, b0, b1, s0, s1, ldb, c, n0, k_size, accumulate); break;
   }
 }
 
@@ -177,95 +105,78 @@ inline int64_t packed_index(int64_t k, int64_t o, int64_t k_size, int64_t out_co
 // blocks; a whole panel of K = 512 (128 KB) would be read from L2 once per 6 rows.
 constexpr int64_t KC = 128;
 
-// out rows c[i][0:O] = a[i] (K) @ W (K x O, packed) for i < rows.
-void gemm_rows(int64_t rows, const float* a, int64_t k_size, const float* w, int64_t out_cols, float* const* c) {
-  const int64_t vec_cols = out_cols / 16 * 16;
-  for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
-    const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
-    const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
-    const float* panel = w + n0 * k_size;
-    for (int64_t k0 = 0; k0 < k_size; k0 += KC) {
-      const int64_t kc = std::min<int64_t>(KC, k_size - k0);
-      for (int64_t m0 = 0; m0 < rows; m0 += MR) {
-        const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
-        const float* ap = a + m0 * k_size + k0;
-        const float* bp = panel + k0 * pw;
-        float* const* cp = c + m0;
-        switch (nv) {
-          case 4: micro_rows<4>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
-          case 3: micro_rows<3>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
-          case 2: micro_rows<2>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
-          default: micro_rows<1>(r, ap, k_size, bp, pw, cp, n0, kc, k0 > 0); break;
-        }
-      }
+// The filter W = w0 (packed, K x O), or s0 * w0 + s1 * w1 when w1 is not null (formed in registers).
+struct Filter {
+  const float* w0;
+  const float* w1;
+  float s0, s1;
+  float at(int64_t k, int64_t o, int64_t k_size, int64_t out_cols) const {
+    const int64_t idx = packed_index(k, o, k_size, out_cols);
+    return w1 == nullptr ? w0[idx] : s0 * w0[idx] + s1 * w1[idx];
+  }
+};
+
+// One column panel [n0, n0 + 16 nv) of rows c[i] = a[i] (K) @ W for i < rows (K blocked, row blocks of MR).
+void gemm_panel(int64_t rows, const float* a, int64_t k_size, const Filter& f, int64_t out_cols, int64_t n0,
+                int64_t nv, float* const* c, int64_t c_col) {
+  const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
+  const float* p0 = f.w0 + n0 * k_size;
+  const float* p1 = f.w1 == nullptr ? nullptr : f.w1 + n0 * k_size;
+  for (int64_t k0 = 0; k0 < k_size; k0 += KC) {
+    const int64_t kc = std::min<int64_t>(KC, k_size - k0);
+    for (int64_t m0 = 0; m0 < rows; m0 += MR) {
+      const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
+      const float* ap = a + m0 * k_size + k0;
+      if (p1 == nullptr)
+        micro_any<false>(r, nv, ap, k_size, p0 + k0 * pw, nullptr, 1.f, 0.f, pw, c + m0, c_col, kc, k0 > 0);
+      else
+        micro_any<true>(r, nv, ap, k_size, p0 + k0 * pw, p1 + k0 * pw, f.s0, f.s1, pw, c + m0, c_col, kc, k0 > 0);
     }
   }
+}
+
+// out rows c[i][0:O] = a[i] (K) @ W for i < rows.
+void gemm_rows(int64_t rows, const float* a, int64_t k_size, const Filter& f, int64_t out_cols, float* const* c) {
+  const int64_t vec_cols = out_cols / 16 * 16;
+  for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL)
+    gemm_panel(rows, a, k_size, f, out_cols, n0, std::min<int64_t>(NV, (vec_cols - n0) / 16), c, n0);
   for (int64_t i = 0; i < rows; ++i) {            // output columns past the last multiple of 16
     for (int64_t o = vec_cols; o < out_cols; ++o) {
       float s = 0.f;
-      for (int64_t k = 0; k < k_size; ++k) s += a[i * k_size + k] * w[packed_index(k, o, k_size, out_cols)];
+      for (int64_t k = 0; k < k_size; ++k) s += a[i * k_size + k] * f.at(k, o, k_size, out_cols);
       c[i][o] = s;
     }
   }
 }
 
-// Eq.7 and dX for one (sample, region): T = dY (rows x K) @ W (K x N, packed); g[i] = <T_i, x_i>;
-// T_i stored to dx[i] where dx[i] is not null.
+void gemm_rows(int64_t rows, const float* a, int64_t k_size, const float* w, int64_t out_cols, float* const* c) {
+  gemm_rows(rows, a, k_size, Filter{w, nullptr, 1.f, 0.f}, out_cols, c);
+}
+
+// Eq.7 and dX for one (sample, region): T = dY (rows x K) @ W (K x N, packed), one column panel at a time into a
+// (rows x 64) buffer; then g[i] += <T_i, x_i> and T_i stored to dx[i] where dx[i] is not null.
 void gemm_rows_ep(int64_t rows, const float* a, int64_t k_size, const float* w, int64_t out_cols,
                   const float* const* x, float* const* dx, float* g) {
   const int64_t vec_cols = out_cols / 16 * 16;
-  if (k_size > KC && vec_cols > 0) {
-    // K-blocked: the panel's T rows accumulate in a buffer (rows x 64), then the epilogue reads them.
-    std::vector<float> tbuf(rows * PANEL);
-    std::vector<float*> trow(rows);
-    for (int64_t i = 0; i < rows; ++i) trow[i] = tbuf.data() + i * PANEL;
-    for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
-      const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
-      const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
-      const float* panel = w + n0 * k_size;
-      for (int64_t k0 = 0; k0 < k_size; k0 += KC) {
-        const int64_t kc = std::min<int64_t>(KC, k_size - k0);
-        for (int64_t m0 = 0; m0 < rows; m0 += MR) {
-          const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
-          const float* ap = a + m0 * k_size + k0;
-          const float* bp = panel + k0 * pw;
-          switch (nv) {
-            case 4: micro_rows<4>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
-            case 3: micro_rows<3>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
-            case 2: micro_rows<2>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
-            default: micro_rows<1>(r, ap, k_size, bp, pw, trow.data() + m0, 0, kc, k0 > 0); break;
-          }
-        }
-      }
-      const int64_t width = 16 * nv;
-      for (int64_t i = 0; i < rows; ++i) {
-        const float* t = trow[i];
-        const float* xi = x[i] + n0;
-        float dot = 0.f;
-        for (int64_t o = 0; o < width; ++o) dot += t[o] * xi[o];
-        g[i] += dot;
-        if (dx[i] != nullptr) std::memcpy(dx[i] + n0, t, width * sizeof(float));
-      }
-    }
-  } else for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
-    const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
+  const Filter f{w, nullptr, 1.f, 0.f};
+  std::vector<float> tbuf(rows * PANEL);
+  std::vector<float*> trow(rows);
+  for (int64_t i = 0; i < rows; ++i) trow[i] = tbuf.data() + i * PANEL;
+  for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
     const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
-    const float* panel = w + n0 * k_size;
-    for (int64_t m0 = 0; m0 < rows; m0 += MR) {
-      const int r = static_cast<int>(std::min<int64_t>(MR, rows - m0));
-      const float* ap = a + m0 * k_size;
-      switch (nv) {
-        case 4: micro_ep_rows<4>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
-        case 3: micro_ep_rows<3>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
-        case 2: micro_ep_rows<2>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
-        default: micro_ep_rows<1>(r, ap, k_size, panel, pw, n0, k_size, x + m0, dx + m0, g + m0); break;
-      }
+    gemm_panel(rows, a, k_size, f, out_cols, n0, nv, trow.data(), 0);
+    for (int64_t i = 0; i < rows; ++i) {
+      __m512 dot = _mm512_setzero_ps();
+      for (int64_t v = 0; v < nv; ++v)
+        dot = _mm512_fmadd_ps(_mm512_loadu_ps(trow[i] + 16 * v), _mm512_loadu_ps(x[i] + n0 + 16 * v), dot);
+      g[i] += _mm512_reduce_add_ps(dot);
+      if (dx[i] != nullptr) std::memcpy(dx[i] + n0, trow[i], 16 * nv * sizeof(float));
     }
   }
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t o = vec_cols; o < out_cols; ++o) {
       float t = 0.f;
-      for (int64_t k = 0; k < k_size; ++k) t += a[i * k_size + k] * w[packed_index(k, o, k_size, out_cols)];
+      for (int64_t k = 0; k < k_size; ++k) t += a[i * k_size + k] * f.at(k, o, k_size, out_cols);
       g[i] += t * x[i][o];
       if (dx[i] != nullptr) dx[i][o] = t;
     }
@@ -314,35 +225,6 @@ void build_filter(float* w, const float* k0, int64_t k_stride, const float* coef
     const float ct = coef[t];
     const float* kt = k0 + t * k_stride;
     for (int64_t e = 0; e < size; ++e) w[e] += ct * kt[e];
-  }
-}
-
-// rows <= MR: out rows c[i][0:O] = a[i] @ (c0 K0 + c1 K1) with the filter formed in registers.
-void gemm_rows_two_terms(int64_t rows, const float* a, int64_t k_size, const float* k0, const float* k1, float c0,
-                         float c1, int64_t out_cols, float* const* c) {
-  const int64_t vec_cols = out_cols / 16 * 16;
-  const int r = static_cast<int>(rows);
-  for (int64_t n0 = 0; n0 < vec_cols; n0 += PANEL) {
-    const int64_t pw = std::min<int64_t>(PANEL, out_cols - n0);
-    const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
-    const float* p0 = k0 + n0 * k_size;
-    const float* p1 = k1 + n0 * k_size;
-    switch (nv) {
-      case 4: micro2_rows<4>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
-      case 3: micro2_rows<3>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
-      case 2: micro2_rows<2>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
-      default: micro2_rows<1>(r, a, k_size, p0, p1, c0, c1, pw, c, n0, k_size); break;
-    }
-  }
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t o = vec_cols; o < out_cols; ++o) {
-      float s = 0.f;
-      for (int64_t k = 0; k < k_size; ++k) {
-        const int64_t idx = packed_index(k, o, k_size, out_cols);
-        s += a[i * k_size + k] * (c0 * k0[idx] + c1 * k1[idx]);
-      }
-      c[i][o] = s;
-    }
   }
 }
 
@@ -440,8 +322,8 @@ torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::
       }
       for (int64_t i = 0; i < n; ++i) rows[i] = yp + (b * pixels + pix[i]) * out_cols;
       if (two_terms_in_registers)
-        gemm_rows_two_terms(n, tile.data(), channels, kp + j * kr, kp + j * kr + kt, cj[0], cj[1], out_cols,
-                            rows.data());
+        gemm_rows(n, tile.data(), channels, Filter{kp + j * kr, kp + j * kr + kt, cj[0], cj[1]}, out_cols,
+                  rows.data());
       else
         gemm_rows(n, tile.data(), channels, wp, out_cols, rows.data());
     }
