@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["ENABLED", "TRAIN_ENABLED", "available", "basis_region_conv2d", "pack_kernels", "paper_region_conv2d",
-           "region_forward", "trainable"]
+           "region_forward", "trainable", "with_unit_term"]
 
 ENABLED = os.environ.get("FACEREC_FUSED", "1") != "0"
 TRAIN_ENABLED = os.environ.get("FACEREC_FUSED_TRAIN", "1") != "0"
@@ -192,8 +192,12 @@ def paper_region_conv2d(input: Tensor, guide: Tensor, coef: Tensor, static: Tens
     static (m, O, C), dynamic (m, t, O, C), all float32 on CPU; returns (B, O, Ho, Wo), channels_last strides).
     Needs the kernel built (``trainable``)."""
     kernels = torch.cat([static.unsqueeze(1), dynamic], 1)                             # (m, 1+t, O, C)
-    coef_full = torch.cat([coef.new_ones(coef.shape[0], coef.shape[1], 1), coef], 2)   # (B, m, 1+t)
-    return _FusedRegionFunction.apply(input, guide, coef_full, kernels, tuple(stride))
+    return _FusedRegionFunction.apply(input, guide, with_unit_term(coef), kernels, tuple(stride))
+
+
+def with_unit_term(coef: Tensor) -> Tensor:
+    """The paper generator's coefficients (B, m, t) with the static kernel's constant 1 first: (B, m, 1+t)."""
+    return torch.cat([coef.new_ones(coef.shape[0], coef.shape[1], 1), coef], 2)
 
 
 def basis_region_conv2d(input: Tensor, guide: Tensor, routing: Tensor, bases: Tensor, stride=(1, 1)) -> Tensor:

@@ -191,17 +191,22 @@ class DRConv2d(nn.Module):
             out = region_conv2d(x, gen(x), guide_feature, self.stride, self.padding, self.dilation)
         return self._add_bias(out)
 
+    def _fusable(self, x: Tensor) -> bool:
+        """A 1x1 layer without padding on its "auto" path: what both fused paths need of the layer."""
+        path = self.paper_path if self.generator == "paper" else self.basis_path
+        return path == "auto" and self.kernel_size == (1, 1) and self.padding == (0, 0)
+
+    def _out_pixels(self, x: Tensor) -> int:
+        return ((x.shape[2] - 1) // self.stride[0] + 1) * ((x.shape[3] - 1) // self.stride[1] + 1)
+
     def _use_fused(self, x: Tensor) -> bool:
         """Inference (no grad) with the "auto" path of a 1x1 layer, where the fused CPU kernel runs."""
-        path = self.paper_path if self.generator == "paper" else self.basis_path
-        if path != "auto" or self.kernel_size != (1, 1) or self.padding != (0, 0) or torch.is_grad_enabled():
+        if not self._fusable(x) or torch.is_grad_enabled():
             return False
-        if self.generator == "basis":
-            # Each (sample, region) filter costs r kernel reads to build; with few pixels per region (7x7) the
-            # dense-basis form is the faster (measured: 128->512 @7x7 8.4x a conv fused vs 5.0x dense).
-            out_pixels = ((x.shape[2] - 1) // self.stride[0] + 1) * ((x.shape[3] - 1) // self.stride[1] + 1)
-            if out_pixels < 2 * self.filter_generator.num_bases * self.regions:
-                return False
+        # Each basis (sample, region) filter costs r kernel reads to build; with few pixels per region (7x7) the
+        # dense-basis form is the faster (measured: 128->512 @7x7 8.4x a conv fused vs 5.0x dense).
+        if self.generator == "basis" and self._out_pixels(x) < 2 * self.filter_generator.num_bases * self.regions:
+            return False
         return _fused.available(x)
 
     def _use_fused_training(self, x: Tensor) -> bool:
@@ -210,23 +215,17 @@ class DRConv2d(nn.Module):
         64*m output pixels (28x28 and up with m = 8), where they beat its gathered / dense paths (layer
         forward+backward, 2 threads: 64->128 @56x56 4.20x a conv vs 5.38x, 128->64 @28x28 4.68x vs 6.47x; at
         14x14 and 7x7 mixed or worse: 128->256 @14x14 6.19x vs 5.38x, 128->512 @7x7 7.21x vs 4.15x)."""
-        path = self.paper_path if self.generator == "paper" else self.basis_path
-        if path != "auto" or not torch.is_grad_enabled():
+        if not self._fusable(x) or not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
             return False
-        if self.kernel_size != (1, 1) or self.padding != (0, 0) or torch.is_autocast_enabled(x.device.type):
+        if self.generator == "basis" and self._out_pixels(x) < 64 * self.regions:
             return False
-        if self.generator == "basis":
-            out_pixels = ((x.shape[2] - 1) // self.stride[0] + 1) * ((x.shape[3] - 1) // self.stride[1] + 1)
-            if out_pixels < 64 * self.regions:
-                return False
         return _fused.trainable(x)
 
     def _fused_forward(self, x: Tensor, guide_feature: Tensor) -> Tensor:
         """facerec.nn._fused.region_forward with this layer's generator as kernels and coefficients."""
         gen = self.filter_generator
         if self.generator == "paper":
-            coef = gen.coefficients(x)
-            coef = torch.cat([coef.new_ones(coef.shape[0], self.regions, 1), coef], 2)     # (B, m, 1+t)
+            coef = _fused.with_unit_term(gen.coefficients(x))                               # (B, m, 1+t)
         else:
             coef = gen.routing(x)                                                           # (B, m, r)
         xs = x if self.stride == (1, 1) else x[:, :, ::self.stride[0], ::self.stride[1]]

@@ -130,6 +130,25 @@ def test_failed_build_falls_back(monkeypatch):
         assert layer(torch.randn(2, 8, 5, 5)).shape == (2, 16, 5, 5)
 
 
+def _assert_matches_float64(y32, inputs32, y64, inputs64, names):
+    """Output and the gradient of every input (scaled by the reference's largest magnitude) of a float32 path
+    against its float64 reference, for one random output gradient."""
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
+    grad_out = torch.randn_like(y64)
+    for name, got, want in zip(names, torch.autograd.grad(y32, inputs32, grad_out.float()),
+                               torch.autograd.grad(y64, inputs64, grad_out)):
+        scale = max(want.abs().max().item(), 1.0)
+        torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-4, atol=1e-5,
+                                   msg=f"gradient of {name}")
+
+
+def _layer_grads(module, x):
+    """[dL/dx] + [dL/dp for every parameter] of L = sum(module(x)^2)."""
+    x = x.clone().requires_grad_()
+    module(x).square().sum().backward()
+    return [x.grad] + [p.grad for p in module.parameters()]
+
+
 # (B, C, O, H, W, m, t, stride) for the training path
 TRAIN_CASES = [(2, 8, 16, 5, 6, 3, 1, 1), (3, 24, 80, 7, 7, 4, 1, 1), (2, 13, 50, 9, 9, 3, 2, 2),
                (2, 8, 32, 3, 2, 16, 1, 1), (2, 16, 48, 12, 12, 2, 1, 1),
@@ -156,14 +175,7 @@ def test_fused_training_path_matches_float64(case, filter_grads_in_kernel, monke
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
     y32 = fused.paper_region_conv2d(*inputs32, (stride, stride))
     y64 = structured(*inputs64, stride)
-    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
-    grad_out = torch.randn_like(y64)
-    for name, got, want in zip(("input", "guide", "coef", "static", "dynamic"),
-                               torch.autograd.grad(y32, inputs32, grad_out.float()),
-                               torch.autograd.grad(y64, inputs64, grad_out)):
-        scale = max(want.abs().max().item(), 1.0)
-        torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-4, atol=1e-5,
-                                   msg=f"gradient of {name}")
+    _assert_matches_float64(y32, inputs32, y64, inputs64, ("input", "guide", "coef", "static", "dynamic"))
 
 
 def test_fused_training_backward_is_deterministic(monkeypatch):
@@ -189,14 +201,10 @@ def test_drconv_training_uses_fused_path_and_matches_structured(monkeypatch):
     reference = DRConv2d(8, 24, 1, regions=4, init="spread", paper_path="structured")
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(3, 8, 6, 6)
-    grads = []
-    for module in (layer, reference):
-        xi = x.clone().requires_grad_()
-        module(xi).square().sum().backward()
-        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+    got, want = _layer_grads(layer, x), _layer_grads(reference, x)
     assert len(calls) == 1                                    # the "auto" layer only
-    for got, want in zip(*grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     monkeypatch.setattr(fused, "TRAIN_ENABLED", False)
     layer(x).sum().backward()
     assert len(calls) == 1
@@ -218,14 +226,7 @@ def test_fused_basis_training_matches_float64(filter_grads_in_kernel, monkeypatc
     y32 = fused.basis_region_conv2d(*inputs32)
     x, guide, routing, bases = inputs64
     y64 = region_conv2d(x, torch.einsum("bmr,roc->bmoc", routing, bases)[..., None, None], guide)
-    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-4)
-    grad_out = torch.randn_like(y64)
-    for name, got, want in zip(("input", "guide", "routing", "bases"),
-                               torch.autograd.grad(y32, inputs32, grad_out.float()),
-                               torch.autograd.grad(y64, inputs64, grad_out)):
-        scale = max(want.abs().max().item(), 1.0)
-        torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-4, atol=1e-5,
-                                   msg=f"gradient of {name}")
+    _assert_matches_float64(y32, inputs32, y64, inputs64, ("input", "guide", "routing", "bases"))
 
 
 def test_drconv_basis_training_uses_fused_path_from_64m_pixels(monkeypatch):
@@ -237,13 +238,9 @@ def test_drconv_basis_training_uses_fused_path_from_64m_pixels(monkeypatch):
     reference = DRConv2d(8, 16, 1, regions=2, generator="basis", num_bases=3, init="spread", basis_path="gather")
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(2, 8, 12, 11)                                  # 132 pixels >= 64 * m = 128
-    grads = []
-    for module in (layer, reference):
-        xi = x.clone().requires_grad_()
-        module(xi).square().sum().backward()
-        grads.append([xi.grad] + [p.grad for p in module.parameters()])
+    got, want = _layer_grads(layer, x), _layer_grads(reference, x)
     assert len(calls) == 1
-    for got, want in zip(*grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     layer(torch.randn(2, 8, 11, 11)).sum().backward()              # 121 < 128: the dense / gathered paths
     assert len(calls) == 1
