@@ -12,6 +12,10 @@ classifier (../shared/specs/face-pipelines-survey.md section 4.3). Our reading, 
   Decaying BN scales only fights the next layer's scale (the conv before a BN is scale-invariant), and
   decaying PReLU slopes pulls them towards ReLU, which MobileFaceNet chose PReLU to avoid (TreB1eN excludes
   BN, Xiaoccer excludes PReLU; we exclude both).
+* Filters that only their name makes a bias decay like conv weights: a module lists them (names relative to
+  itself) in ``filter_parameter_names``. The DRConv paper generator holds its per-region filters as
+  ``expand.bias`` (m x O x C per layer, most of DRConv's extra parameters; ``PaperFilterGenerator``), so they
+  go to ``decay`` / ``late`` with the conv weights, never to ``no_decay``.
 
 Every trainable parameter lands in exactly one group; frozen ones are left out.
 """
@@ -37,6 +41,8 @@ def param_groups(backbone: nn.Module, head: Optional[nn.Module] = None, wd: floa
     late_prefixes = tuple(getattr(backbone, "late_module_names", ()))
     groups: Dict[str, List[nn.Parameter]] = {"decay": [], "late": [], "no_decay": []}
     seen = set()
+    filters = {id(mod.get_parameter(name)) for module in ([backbone] + ([head] if head is not None else []))
+               for mod in module.modules() for name in getattr(mod, "filter_parameter_names", ())}
 
     def visit(module: nn.Module, all_late: bool) -> None:
         for mod_name, mod in module.named_modules():
@@ -45,7 +51,8 @@ def param_groups(backbone: nn.Module, head: Optional[nn.Module] = None, wd: floa
                 if not param.requires_grad or id(param) in seen:
                     continue
                 seen.add(id(param))
-                if isinstance(mod, _NO_DECAY_MODULES) or p_name == "bias" or p_name.endswith("_bias"):
+                is_bias = p_name == "bias" or p_name.endswith("_bias")
+                if id(param) not in filters and (isinstance(mod, _NO_DECAY_MODULES) or is_bias):
                     groups["no_decay"].append(param)
                 elif is_late:
                     groups["late"].append(param)

@@ -73,7 +73,12 @@ class PaperFilterGenerator(nn.Module):
     hidden_channels h must be a multiple of m (each region's group sees h/m hidden units). Parameters:
     C*h + h (first conv), h*O*C*k^2 + m*O*C*k^2 (second conv) and O*C*k^2 (``shared``): (h/m + 1) * m + 1
     times a plain conv's.
+
+    ``filter_parameter_names``: ``expand.bias`` holds the per-region filter deltas (m*O*C*k^2 values), filters
+    by role and a bias by name only; ``facerec.models.param_groups`` reads this to weight-decay them.
     """
+
+    filter_parameter_names = ("expand.bias",)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], regions: int,
                  hidden_channels: int, init: str = "static") -> None:

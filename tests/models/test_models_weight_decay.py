@@ -32,3 +32,21 @@ def test_frozen_parameters_left_out_and_bad_values():
     assert id(model.embedding[0].weight) in ids
     with pytest.raises(ValueError, match="wd"):
         param_groups(model, wd=-1)
+
+
+def test_drconv_region_filters_decay_like_conv_weights():
+    """The paper generator's per-region filters live in ``expand.bias``: they decay (4e-5) like conv weights."""
+    model = create_model("drconv_mobilefacenet", regions=4)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in param_groups(model)}
+    gens = [m for m in model.modules() if type(m).__name__ == "PaperFilterGenerator"]
+    assert gens
+    for gen in gens:
+        assert id(gen.expand.bias) in groups["decay"]
+        assert id(gen.shared) in groups["decay"] and id(gen.expand.weight) in groups["decay"]
+        assert id(gen.squeeze.bias) in groups["no_decay"]       # a real bias (before the sigmoid)
+    # every decayed DRConv parameter count: shared + deltas + V + squeeze + guide weights; no filter is left out
+    no_decay = sum(p.numel() for p in model.parameters() if id(p) in groups["no_decay"])
+    plain = sum(p.numel() for g in param_groups(create_model("mobilefacenet")) if g["name"] == "no_decay"
+                for p in g["params"])
+    extra_no_decay = no_decay - plain
+    assert extra_no_decay == sum(g.squeeze.bias.numel() for g in gens)
