@@ -140,8 +140,9 @@ def _resolve_resume(cfg: Config, out_dir: Path, info: DistInfo) -> Path | None:
 class _Run:
     """State of one training run; :meth:`run` is the step loop."""
 
-    def __init__(self, cfg: Config, info: DistInfo, device: torch.device) -> None:
+    def __init__(self, cfg: Config, info: DistInfo, device: torch.device, evaluators=None) -> None:
         self.cfg, self.info, self.device = cfg, info, device
+        self.evaluators = dict(evaluators or {})
         self.out_dir = cfg.out_dir
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -222,7 +223,7 @@ class _Run:
     def evaluate(self) -> dict[str, float]:
         """Verification on rank 0 (others wait at the barrier); returns the flat metrics."""
         metrics: dict[str, float] = {}
-        if self.info.is_main and self.eval_sets:
+        if self.info.is_main and (self.eval_sets or self.evaluators):
             from facerec.eval.features import ModelFeatureExtractor
             from facerec.eval.verification import verify
 
@@ -237,6 +238,11 @@ class _Run:
                     log.info("step %d  %s: acc %.4f +- %.4f (no flip %.4f +- %.4f), threshold %.2f",
                              self.step, name, result.flip.accuracy, result.flip.std,
                              result.noflip.accuracy, result.noflip.std, result.flip.threshold)
+                for name, evaluator in self.evaluators.items():
+                    scores = {f"{name}_{k}": float(v) for k, v in evaluator(self.backbone).items()}
+                    metrics.update(scores)
+                    log.info("step %d  %s: %s", self.step, name, "  ".join(f"{k} {v:.4f}" for k, v in
+                                                                           scores.items()))
             self.backbone.train(was_training)
             self.monitor.scalars(self.step, metrics)
             self.last_metrics = metrics
@@ -347,11 +353,14 @@ class _Run:
                 "backbone": self.backbone.eval()}
 
 
-def train(cfg: Config) -> dict[str, Any]:
+def train(cfg: Config, evaluators: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) a training run described by ``cfg``.
 
     Single process under plain ``python``; DDP when launched by ``torchrun`` (one process per GPU, or
     gloo on CPU), with ``data.batch_size`` the global batch (each rank takes ``batch_size / G``).
+    ``evaluators``: optional ``{name: fn(backbone) -> {metric: float}}`` called on rank 0 (backbone in eval
+    mode, no grad) beside the ``eval.sets`` at every evaluation step; the scores are logged as
+    ``<name>_<metric>`` (metrics.jsonl, TensorBoard) and returned in ``metrics``.
 
     Returns:
         ``{"step": final step, "checkpoint": path of the last checkpoint, "metrics": last verification
@@ -371,7 +380,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         _seed_everything(cfg.train.seed + info.rank)
-        run = _Run(cfg, info, device)
+        run = _Run(cfg, info, device, evaluators)
         run.monitor = RunMonitor(cfg.out_dir, is_main=info.is_main, total_steps=cfg.schedule.total_steps,
                                  tensorboard=cfg.train.tensorboard)
         try:

@@ -120,3 +120,17 @@ def test_cli_runs_and_reports(standins, tmp_path, capsys):
         train_face.main(["--config", str(cfg_path), "--set", "optim.lr=fast"])
     assert exc.value.code == 2
     assert "optim.lr: expected float" in capsys.readouterr().err
+
+
+def test_evaluators_run_at_eval_steps_on_the_eval_mode_backbone(standins, tmp_path):
+    seen = []
+
+    def probe(backbone):
+        seen.append((backbone.training, torch.is_grad_enabled()))
+        return {"score": float(len(seen))}
+
+    summary = train(S.tiny_config(tmp_path), evaluators={"held": probe})
+    assert seen == [(False, False), (False, False)]                       # eval steps 3 and 6, eval mode, no grad
+    assert summary["metrics"]["held_score"] == 2.0 and "tiny_acc" in summary["metrics"]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["held_score"]) for r in lines if "held_score" in r] == [(3, 1.0), (6, 2.0)]
