@@ -57,7 +57,8 @@ DEFAULT_RUNS = (("drconv_mobilefacenet", 0), ("mobilefacenet", 0), ("mobilefacen
                 ("drconv_mobilefacenet", 1), ("condconv_mobilefacenet", 0), ("local_mobilefacenet", 0))
 # DRConv settings other than the shipped defaults, run as "drconv_mobilefacenet@<setting>:<seed>" with the same
 # recipe: the official code's shared-basis generator, and the guide's gradient (Eq.7-8) scaled by 0.1.
-SETTINGS = {"basis": ["model.options.generator=basis"], "guide0.1": ["model.options.guide_grad_scale=0.1"]}
+SETTINGS = {"basis": ["model.options.generator=basis"], "guide0.1": ["model.options.guide_grad_scale=0.1"],
+            "paper": ["model.options.guide_norm=false", "model.options.init=spread"]}
 SETTING_RUNS = (("drconv_mobilefacenet@guide0.1", 0), ("drconv_mobilefacenet@basis", 0),
                 ("drconv_mobilefacenet@basis", 1), ("drconv_mobilefacenet@basis", 2))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "real-faces-323"
@@ -135,16 +136,20 @@ def _order(name: str) -> tuple[int, str]:
 
 
 def study_config(name: str, rec_dir: Path, out_dir: Path, *, seed: int, steps: int, warmup: int, batch: int,
-                 lr: float):
+                 lr: float, lr_steps: list[int] | None = None, checkpoint_every: int | None = None,
+                 eval_every: int = 0):
+    """The run's Config: ``configs/ms1mv2_<variant>.yaml`` with the study's overrides (module docstring)."""
     variant, extra = split_name(name)
+    steps_at = milestones(steps) if lr_steps is None else lr_steps
     overrides = [
         f"name=real_faces_{variant}", f"model.input_size={INPUT_SIZE[0]},{INPUT_SIZE[1]}", f"data.path={rec_dir}",
         f"data.batch_size={batch}", "data.num_workers=0", f"optim.lr={lr}", f"schedule.total_steps={steps}",
-        f"schedule.milestones=[{','.join(str(m) for m in milestones(steps))}]", f"schedule.warmup_steps={warmup}",
+        f"schedule.milestones=[{','.join(str(m) for m in steps_at)}]", f"schedule.warmup_steps={warmup}",
         "schedule.gamma=0.1", f"train.seed={seed}", "train.device=cpu", "train.amp=none", "train.threads=1",
         "train.resume=auto", f"train.out_dir={out_dir}", "train.tensorboard=false",
         f"train.log_every={max(1, steps // 20)}",
-        "eval.sets=[]", "eval.every=0", f"checkpoint.every={max(1, steps // 4)}", "checkpoint.keep=1",
+        "eval.sets=[]", f"eval.every={eval_every}", f"checkpoint.every={checkpoint_every or max(1, steps // 4)}",
+        "checkpoint.keep=1",
         *extra,
     ]
     return load_config(ROOT / "configs" / f"ms1mv2_{variant}.yaml", overrides)

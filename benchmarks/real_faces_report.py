@@ -1,0 +1,175 @@
+"""Tables and figures of the fair real-face study (benchmarks/real_faces_study.py) from its result files.
+
+    .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --report
+    .venv/bin/python benchmarks/real_faces_report.py --out runs/real_faces_study --plot docs/real_faces_curves.png
+
+Every table is built from ``<out>/<stage>/<run>/result.json`` (committed copies: docs/results/real_faces_study/);
+missing runs are left out, so the report can be read while the study runs.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import real_faces_study as st  # noqa: E402
+
+__all__ = ["sweep_table", "aids_table", "final_table", "paired_table", "usage_table", "report", "plot_curves"]
+
+_METRICS = (("accuracy", "10-fold acc. %"), ("tar_far1e-3", "TAR@FAR=1e-3 %"), ("rank1", "rank-1 %"))
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _stat(values: list[float], pct: bool = True) -> str:
+    k, d = (100.0, 1) if pct else (1.0, 2)
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    each = ", ".join(f"{k * v:.{d}f}" for v in values)
+    return f"{k * mean:.{d}f} ± {k * std:.{d}f} ({each})" if len(values) > 1 else f"{k * mean:.{d}f}"
+
+
+def sweep_table(runs: dict[str, dict]) -> str:
+    """One row per (variant, lr) of the sweep, scored on the held-out train/ identities; chosen lr in bold."""
+    lines = ["| variant | lr | 10-fold acc. % | TAR@FAR=1e-3 % | rank-1 % | selection score | final loss |",
+             "|---|---|---|---|---|---|---|"]
+    for variant in ("mobilefacenet", "drconv_mobilefacenet"):
+        chosen = st.choose_lr(runs, variant)
+        for lr in st.LRS:
+            r = runs.get(st.run_name(variant, lr, 0))
+            if r is None:
+                continue
+            mark = "**" if lr == chosen else ""
+            lines.append(f"| {variant} | {mark}{lr:g}{mark} | {_pct(r['accuracy'])} | {_pct(r['tar_far1e-3'])} | "
+                         f"{_pct(r['rank1'])} | {_pct(st.selection_score(r))} | {r['final_loss']:.2f} |")
+    return "\n".join(lines)
+
+
+def _grouped(runs: dict[str, dict]) -> dict[tuple[str, float], list[dict]]:
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in runs.values():
+        groups.setdefault((r["variant"], r["lr"]), []).append(r)
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in groups.items()}
+
+
+def _rows(groups, order) -> list[str]:
+    lines = []
+    for (variant, lr), mine in sorted(groups.items(), key=lambda kv: (order(kv[0][0]), kv[0][1])):
+        cells = " | ".join(_stat([r[key] for r in mine]) for key, _ in _METRICS)
+        lines.append(f"| {variant} | {lr:g} | {len(mine)} | {cells} | {_stat([r['final_loss'] for r in mine], False)} "
+                     f"| {_stat([st.selection_score(r) for r in mine])} |")
+    return lines
+
+
+def aids_table(sweep: dict[str, dict], aids: dict[str, dict]) -> str:
+    """The shipped layer against the paper-exact one (guide_norm=False, init="spread") at DRConv's chosen lr."""
+    lr = st.choose_lr(sweep, "drconv_mobilefacenet")
+    if lr is None:
+        return "(the DRConv sweep is not complete)"
+    both = {**{k: v for k, v in sweep.items() if v["variant"] == "drconv_mobilefacenet" and v["lr"] == lr}, **aids}
+    header = ["| layer | lr | seeds | " + " | ".join(h for _, h in _METRICS) + " | final loss | selection score |",
+              "|---|---|---|---|---|---|---|---|"]
+    choice = st.choose_setting(both, lr)
+    note = f"\n\nChosen for the final runs: `{choice}`." if choice else "\n\n(not all four runs are done)"
+    return "\n".join(header + _rows(_grouped(both), lambda v: 0 if "@" not in v else 1)) + note
+
+
+def _final_order(variant: str) -> int:
+    order = ("mobilefacenet", "drconv_mobilefacenet", "drconv_mobilefacenet@paper", "local_mobilefacenet",
+             "condconv_mobilefacenet", "drconv_mobilefacenet@basis")
+    return order.index(variant) if variant in order else len(order)
+
+
+def final_table(final: dict[str, dict]) -> str:
+    """Per variant on val/: mean ± sample std over seeds (each seed's value in brackets)."""
+    header = ["| variant | lr | seeds | " + " | ".join(h for _, h in _METRICS) + " | final loss | selection score |",
+              "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(header + _rows(_grouped(final), _final_order))
+
+
+def paired_table(final: dict[str, dict]) -> str:
+    """DRConv minus plain, paired by seed (same data order and initial generator seed), on val/."""
+    plain = {r["seed"]: r for r in final.values() if r["variant"] == "mobilefacenet"}
+    dr = {r["seed"]: r for r in final.values() if r["variant"].startswith("drconv_mobilefacenet")
+          and r["variant"] != "drconv_mobilefacenet@basis"}
+    seeds = sorted(set(plain) & set(dr))
+    if not seeds:
+        return "(no seed has both models finished)"
+    lines = ["| metric | DRConv − plain per seed (points) | mean ± std |", "|---|---|---|"]
+    for key, name in _METRICS + (("final_loss", "final loss"),):
+        k = 1.0 if key == "final_loss" else 100.0
+        diffs = [k * (dr[s][key] - plain[s][key]) for s in seeds]
+        std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        lines.append(f"| {name} | {', '.join(f'{d:+.2f}' for d in diffs)} | {statistics.mean(diffs):+.2f} ± "
+                     f"{std:.2f} |")
+    return "\n".join(lines)
+
+
+def usage_table(final: dict[str, dict]) -> str:
+    """Guided-mask region usage of each DRConv final run on val/: per layer, regions used per face and the
+    largest mean area share of one region."""
+    lines = ["| run | layer | mask | regions used per face (of m) | largest region's mean share | unused |",
+             "|---|---|---|---|---|---|"]
+    for name, r in sorted(final.items()):
+        for u in r.get("region_usage", []):
+            lines.append(f"| {name} | {u['layer']} | {u['mask_size'][0]}x{u['mask_size'][1]} | "
+                         f"{u['regions_used_mean']:.2f} of {len(u['area_fraction_mean'])} | "
+                         f"{max(u['area_fraction_mean']):.2f} | {len(u['unused_regions'])} |")
+    return "\n".join(lines)
+
+
+def report(out: Path) -> str:
+    sweep, aids, final = (st.load_stage(out, s) for s in ("sweep", "aids", "final"))
+    parts = ["## lr sweep (held-out train/ identities)", sweep_table(sweep),
+             "## training aids at DRConv's lr", aids_table(sweep, aids),
+             "## final runs (val/)", final_table(final), "### paired difference", paired_table(final),
+             "### region usage", usage_table(final)]
+    return "\n\n".join(parts)
+
+
+def plot_curves(final: dict[str, dict], path: Path) -> None:
+    """Training loss and val accuracy against steps for every final run (two panels)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"mobilefacenet": "#000000", "drconv_mobilefacenet": "#D55E00", "drconv_mobilefacenet@paper": "#D55E00",
+               "local_mobilefacenet": "#009E73", "condconv_mobilefacenet": "#0072B2",
+               "drconv_mobilefacenet@basis": "#CC79A7"}
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in sorted(final.items()):
+        colour = colours.get(r["variant"], "#999999")
+        style = ("-", "--", ":")[r["seed"] % 3]
+        steps, losses = zip(*r["loss_curve"])
+        ax_loss.plot(steps, losses, color=colour, linestyle=style, linewidth=1, label=f"{r['variant']} s{r['seed']}")
+        if r["eval_curve"]:
+            es = [row[0] for row in r["eval_curve"]]
+            ax_acc.plot(es, [100 * row[1] for row in r["eval_curve"]], color=colour, linestyle=style, marker="o",
+                        markersize=3, linewidth=1)
+    ax_loss.set_xlabel("step (batch 64)")
+    ax_loss.set_ylabel("training loss (AM-Softmax)")
+    ax_acc.set_xlabel("step (batch 64)")
+    ax_acc.set_ylabel("val/ 10-fold accuracy %")
+    ax_loss.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=st.ROOT / "runs" / "real_faces_study")
+    ap.add_argument("--plot", type=Path, default=None, help="write the final runs' curves (PNG)")
+    args = ap.parse_args(argv)
+    print(report(args.out))
+    if args.plot:
+        plot_curves(st.load_stage(args.out, "final"), args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

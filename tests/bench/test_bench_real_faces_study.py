@@ -1,0 +1,99 @@
+"""Tests of benchmarks/real_faces_study.py (the fair real-face study): schedule, split, the choices between stages,
+the resumable plan, run claims, and the report built from result files."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def st():
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location("real_faces_study", BENCH / "real_faces_study.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_milestones_follow_the_papers_fractions(st):
+    assert st.milestones(420_000) == [252_000, 364_000, 406_000]
+    assert st.milestones(400) == [240, 347, 387]
+    assert st.milestones(1200) == [720, 1040, 1160]
+
+
+def test_held_out_identities_are_disjoint_and_every_seventh(st):
+    names = [f"id{i:03d}" for i in range(283)]
+    trained, held = st.split_identities(list(reversed(names)))
+    assert len(held) == 40 and not set(trained) & set(held) and len(trained) + len(held) == 283
+    assert held[:2] == ["id003", "id010"]
+
+
+def _write(out, stage, variant, lr, seed, acc, **extra):
+    d = out / stage / f"{variant}_lr{lr:g}_s{seed}"
+    d.mkdir(parents=True, exist_ok=True)
+    record = {"stage": stage, "variant": variant, "lr": lr, "seed": seed, "accuracy": acc, "tar_far1e-3": acc / 2,
+              "rank1": acc, "final_loss": 5.0, "loss_curve": [[10, 6.0], [20, 5.0]], "eval_curve": [[20, acc, 0, 0]],
+              "region_usage": [], **extra}
+    (d / "result.json").write_text(json.dumps(record))
+
+
+def test_plan_moves_from_sweep_to_aids_to_final_with_the_chosen_lrs(st, tmp_path):
+    plan = st.plan(tmp_path)
+    assert {r[0] for r in plan} == {"sweep"} and len(plan) == 2 * len(st.LRS)
+    for lr in st.LRS:                                   # plain best at 0.05, DRConv best at 0.025
+        _write(tmp_path, "sweep", "mobilefacenet", lr, 0, 0.9 - abs(lr - 0.05))
+        _write(tmp_path, "sweep", "drconv_mobilefacenet", lr, 0, 0.9 - abs(lr - 0.025))
+    assert st.choose_lr(st.load_stage(tmp_path, "sweep"), "mobilefacenet") == 0.05
+    aids = [r for r in st.plan(tmp_path) if r[0] == "aids"]
+    assert aids == [("aids", "drconv_mobilefacenet@paper", 0.025, 0), ("aids", "drconv_mobilefacenet@paper", 0.025, 1),
+                    ("aids", "drconv_mobilefacenet", 0.025, 1)]
+    assert not [r for r in st.plan(tmp_path) if r[0] == "final"]
+    # the paper-exact layer a little behind, within the seed spread: fidelity wins the tie
+    _write(tmp_path, "aids", "drconv_mobilefacenet", 0.025, 1, 0.80)
+    _write(tmp_path, "aids", "drconv_mobilefacenet@paper", 0.025, 0, 0.86)
+    _write(tmp_path, "aids", "drconv_mobilefacenet@paper", 0.025, 1, 0.84)
+    final = [r for r in st.plan(tmp_path) if r[0] == "final"]
+    assert ("final", "drconv_mobilefacenet@paper", 0.025, 2) in final
+    assert ("final", "mobilefacenet", 0.05, 2) in final and ("final", "local_mobilefacenet", 0.05, 0) in final
+    assert ("final", "drconv_mobilefacenet@basis", 0.025, 0) in final and len(final) == 9
+
+
+def test_shipped_layer_kept_when_clearly_ahead(st):
+    runs = {}
+    for name, accs in (("drconv_mobilefacenet", (0.90, 0.91)), ("drconv_mobilefacenet@paper", (0.80, 0.81))):
+        for seed, acc in enumerate(accs):
+            runs[st.run_name(name, 0.05, seed)] = {"accuracy": acc, "tar_far1e-3": acc, "rank1": acc}
+    assert st.choose_setting(runs, 0.05) == "drconv_mobilefacenet"
+    del runs[st.run_name("drconv_mobilefacenet@paper", 0.05, 1)]
+    assert st.choose_setting(runs, 0.05) is None
+
+
+def test_claims_are_exclusive_and_a_dead_claim_is_taken_over(st, tmp_path):
+    run = tmp_path / "sweep" / "x"
+    assert st.try_claim(run)
+    assert (run / "claim").read_text().split()[1] == str(os.getpid())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / "claim").write_text(f"{os.uname().nodename} {dead.stdout.strip()}\n")
+    assert st.try_claim(run)                                          # its process is gone
+
+
+def test_report_reads_result_files(st, tmp_path):
+    import real_faces_report as rep
+    for seed in range(2):
+        _write(tmp_path, "final", "mobilefacenet", 0.05, seed, 0.80 + seed / 100)
+        _write(tmp_path, "final", "drconv_mobilefacenet", 0.025, seed, 0.82 + seed / 100, region_usage=[
+            {"layer": "stages.0.0.guide", "mask_size": [56, 48], "regions_used_mean": 7.5,
+             "area_fraction_mean": [0.5, 0.5], "unused_regions": []}])
+    final = st.load_stage(tmp_path, "final")
+    table = rep.final_table(final)
+    assert "| mobilefacenet | 0.05 | 2 | 80.5 ± 0.7 (80.0, 81.0)" in table
+    assert "| accuracy" not in table and "+2.00, +2.00 | +2.00 ± 0.00" in rep.paired_table(final)
+    assert "7.50 of 2" in rep.usage_table(final)
+    rep.plot_curves(final, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
