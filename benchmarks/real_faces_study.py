@@ -20,7 +20,9 @@ paper's fractions of the schedule (252k, 364k, 406k of 420k: 0.6, 0.867, 0.967),
 AM-Softmax s=30 m=0.35, one thread per process. The linear scaling rule (Goyal et al. 2017) maps the paper's
 lr 0.1 at batch 512 to 0.0125 at batch 64, the sweep's lowest value.
 
-Processes share the work through claim files (``<run>/claim``: host and pid; a claim whose process is gone is
+Every finished run's ``result.json`` is also copied to ``docs/results/real_faces_study/<stage>/<run>.json`` (to be
+committed), and copied back into ``--out`` at start, so a fresh checkout continues the study. Processes share the
+work through claim files (``<run>/claim``: host and pid; a claim whose process is gone is
 taken over), so ``--workers 2`` on two cores, or two invocations, or a restart in a later session all continue
 where the study stopped; a stage's runs start when the runs they depend on are done.
 
@@ -58,6 +60,7 @@ SWEEP_STEPS = 400
 FINAL_STEPS = 1200
 WARMUP = 50
 BATCH = 64
+RESULTS = ROOT / "docs" / "results" / "real_faces_study"    # committed copies of every finished run's result.json
 TUNE_EVERY = 7          # every 7th identity of train/ (sorted names, offset 3) is held out for the sweep: 40 of 283
 SEEDS_FINAL = {"mobilefacenet": 3, "drconv_mobilefacenet": 3, "local_mobilefacenet": 1,
                "condconv_mobilefacenet": 1, "drconv_mobilefacenet@basis": 1}
@@ -264,6 +267,20 @@ def run_one(stage: str, variant: str, lr: float, seed: int, split: Split, out: P
     return record
 
 
+def sync_results(out: Path, results: Path = RESULTS) -> None:
+    """Committed results -> ``out`` (a fresh checkout continues the study) and finished runs -> ``results``."""
+    for src in results.glob("*/*.json"):
+        dest = out / src.parent.name / src.stem / "result.json"
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(src.read_text())
+    for src in out.glob("*/*/result.json"):
+        dest = results / src.parent.parent.name / f"{src.parent.name}.json"
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(src.read_text())
+
+
 def work_loop(args) -> None:
     splits = prepare_splits(args.data, args.out / "data")
     while True:
@@ -282,6 +299,7 @@ def work_loop(args) -> None:
                     steps = FINAL_STEPS if stage == "final" else SWEEP_STEPS
                     split = splits["val" if stage == "final" else "tune"]
                     rec = run_one(stage, variant, lr, seed, split, args.out, steps)
+                    sync_results(args.out)
                     print(f"{stage} {run_dir.name}: acc {rec['accuracy']:.4f} TAR {rec['tar_far1e-3']:.4f} "
                           f"rank-1 {rec['rank1']:.4f} loss {rec['final_loss']:.3f} ({rec['cpu_s']:.0f} CPU s)",
                           flush=True)
@@ -309,6 +327,7 @@ def main(argv=None) -> int:
         from real_faces_report import report
         print(report(args.out))
         return 0
+    sync_results(args.out)
     prepare_splits(args.data, args.out / "data")      # once, before any worker reads it
     if args.workers > 1:
         import subprocess

@@ -97,3 +97,13 @@ def test_report_reads_result_files(st, tmp_path):
     assert "7.50 of 2" in rep.usage_table(final)
     rep.plot_curves(final, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_results_sync_both_ways(st, tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "docs"
+    _write(out, "sweep", "mobilefacenet", 0.05, 0, 0.8)
+    (results / "final").mkdir(parents=True)
+    (results / "final" / "mobilefacenet_lr0.05_s1.json").write_text('{"seed": 1}')
+    st.sync_results(out, results)
+    assert json.loads((results / "sweep" / "mobilefacenet_lr0.05_s0.json").read_text())["accuracy"] == 0.8
+    assert json.loads((out / "final" / "mobilefacenet_lr0.05_s1" / "result.json").read_text()) == {"seed": 1}
