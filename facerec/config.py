@@ -79,6 +79,9 @@ class OptimConfig:
     """SGD with the MobileFaceNet weight-decay split."""
     name: str = "sgd"
     lr: float = 0.1  # base learning rate (for the global batch, whatever the number of ranks)
+    # the global batch lr belongs to; > 0: the runner uses lr * data.batch_size / lr_batch (linear scaling
+    # rule, Goyal et al. 2017); 0: lr as given, whatever the batch
+    lr_batch: int = 0
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 4e-5  # everything before the global depthwise conv
@@ -88,6 +91,7 @@ class OptimConfig:
     def __post_init__(self) -> None:
         _check(self.name == "sgd", "optim.name", self.name, "'sgd'")
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _check(self.lr_batch >= 0, "optim.lr_batch", self.lr_batch, ">= 0 (0: no scaling)")
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "[0, 1)")
         _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0")
 

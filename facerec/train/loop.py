@@ -42,7 +42,7 @@ from facerec.train.distributed import (
     cleanup_distributed, init_distributed,
 )
 from facerec.train.monitor import RunMonitor, ThroughputMeter
-from facerec.train.schedule import lr_at
+from facerec.train.schedule import base_lr, lr_at
 
 __all__ = ["NonFiniteLossError", "train"]
 
@@ -282,6 +282,10 @@ class _Run:
             log.info("training %s on %s: %d rank(s), global batch %d, steps %d -> %d, out %s",
                      cfg.model.name, self.device, info.world_size, cfg.data.batch_size, self.step, total,
                      self.out_dir)
+            if cfg.optim.lr_batch:
+                log.info("peak lr %.4g = optim.lr %.4g x batch %d / optim.lr_batch %d (linear scaling rule)",
+                         base_lr(cfg.optim, cfg.data.batch_size), cfg.optim.lr, cfg.data.batch_size,
+                         cfg.optim.lr_batch)
             while self.step < total:
                 if data_iter is None:
                     data_iter = self._loader_iter()
@@ -295,7 +299,7 @@ class _Run:
                         raise
                     interrupted = True  # Ctrl-C also reached the workers
                     break
-                lr = lr_at(self.step, cfg.schedule, cfg.optim)
+                lr = lr_at(self.step, cfg.schedule, cfg.optim, cfg.data.batch_size)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 images = images.to(self.device, non_blocking=True)

@@ -11,24 +11,33 @@ import bisect
 
 from facerec.config import OptimConfig, ScheduleConfig
 
-__all__ = ["lr_at"]
+__all__ = ["base_lr", "lr_at"]
 
 
-def lr_at(step: int, schedule: ScheduleConfig, optim: OptimConfig) -> float:
+def base_lr(optim: OptimConfig, batch_size: int | None = None) -> float:
+    """The peak learning rate: ``optim.lr``, or ``optim.lr * batch_size / optim.lr_batch`` (linear scaling rule)
+    when ``optim.lr_batch > 0`` and the global ``batch_size`` is given."""
+    if optim.lr_batch and batch_size:
+        return optim.lr * batch_size / optim.lr_batch
+    return optim.lr
+
+
+def lr_at(step: int, schedule: ScheduleConfig, optim: OptimConfig, batch_size: int | None = None) -> float:
     """Learning rate for 0-based ``step``.
 
     Args:
         step: number of updates already made (>= 0).
         schedule: milestones, gamma, warm-up length.
-        optim: base learning rate ``optim.lr``.
+        optim: base learning rate ``optim.lr`` (and ``optim.lr_batch``, see ``base_lr``).
+        batch_size: the global batch, for ``optim.lr_batch``'s scaling.
 
     Returns:
-        ``lr * gamma ** (#milestones <= step)``, scaled by ``(step + 1) / warmup_steps`` during
+        ``base_lr * gamma ** (#milestones <= step)``, scaled by ``(step + 1) / warmup_steps`` during
         the first ``warmup_steps`` steps.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
-    lr = optim.lr * schedule.gamma ** bisect.bisect_right(schedule.milestones, step)
+    lr = base_lr(optim, batch_size) * schedule.gamma ** bisect.bisect_right(schedule.milestones, step)
     if step < schedule.warmup_steps:
         lr *= (step + 1) / schedule.warmup_steps
     return lr

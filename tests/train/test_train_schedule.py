@@ -36,3 +36,15 @@ def test_pure_function_of_step():
 def test_bad_step(bad):
     with pytest.raises(ValueError, match="non-negative int"):
         lr_at(bad, PAPER, OPTIM)
+
+
+def test_lr_batch_scales_the_peak_by_the_linear_rule():
+    scaled = OptimConfig(lr=0.1, lr_batch=512)
+    sched = ScheduleConfig(total_steps=100, milestones=(60,), warmup_steps=10)
+    assert lr_at(20, sched, scaled, 64) == pytest.approx(0.0125)
+    assert lr_at(60, sched, scaled, 128) == pytest.approx(0.0025)
+    assert lr_at(4, sched, scaled, 512) == pytest.approx(0.05)                     # warm-up of the unscaled peak
+    assert lr_at(20, sched, scaled) == pytest.approx(0.1)                          # no batch given: as configured
+    assert lr_at(20, sched, OptimConfig(lr=0.1), 64) == pytest.approx(0.1)               # lr_batch 0: no scaling
+    with pytest.raises(ValueError, match="optim.lr_batch"):
+        OptimConfig(lr_batch=-1)
