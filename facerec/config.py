@@ -11,6 +11,10 @@ the file's keys are laid over the base's, mappings key by key (so a child that s
 base's ``model.input_size``), lists and scalars replaced whole. Bases may have bases; a missing base or a
 cycle is a ValueError naming the chain. ``name`` is never inherited: it is the leaf file's own ``name`` or stem.
 
+Loading is bounded (``docs/security.md``): a file over ``MAX_CONFIG_BYTES`` is refused unread, and a YAML document
+(file or ``--set`` value) whose nodes, every alias expanded, exceed ``MAX_YAML_VALUES``, or that refers to itself,
+is refused before it is built. Errors quote the rejected value cut to a few hundred characters.
+
 Public API: :class:`Config` and its sections, :func:`load_config`, :func:`config_from_dict`,
 :func:`config_to_dict`, :func:`apply_overrides`, :func:`save_config`.
 """
@@ -25,6 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from facerec._quote import quote, shorten
+
 __all__ = [
     "CheckpointConfig", "Config", "DataConfig", "EvalConfig", "HeadConfig", "ModelConfig",
     "OptimConfig", "ScheduleConfig", "TrainConfig", "apply_overrides", "config_from_dict",
@@ -32,11 +38,13 @@ __all__ = [
 ]
 
 AMP_MODES = ("none", "fp16", "bf16")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; a larger one is refused before parsing
+MAX_YAML_VALUES = 100_000  # YAML nodes in one document, every alias expanded (a whole resolved config: about 100)
 
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
     if not condition:
-        raise ValueError(f"config key {key}: got {value!r}, allowed: {allowed}")
+        raise ValueError(f"config key {key}: got {quote(value)}, allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,7 @@ class Config:
 
 
 def _closest(key: str, valid: Iterable[str]) -> str:
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.0)
+    match = difflib.get_close_matches(key[:100], list(valid), n=1, cutoff=0.0)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -210,16 +218,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
             if len(value) == len(args):
                 return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-            raise TypeError(f"config key {key}: expected a list of {len(args)} items, got {value!r}")
+            raise TypeError(f"config key {key}: expected a list of {len(args)} items, got {quote(value)}")
     else:
         raise TypeError(f"config key {key}: unsupported field type {tp!r}")
-    raise TypeError(f"config key {key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    raise TypeError(f"config key {key}: expected {_type_name(tp)}, got {type(value).__name__} {quote(value)}")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         where = prefix.rstrip(".") or "top level"
-        raise TypeError(f"config {where}: expected a mapping, got {type(data).__name__} {data!r}")
+        raise TypeError(f"config {where}: expected a mapping, got {type(data).__name__} {quote(data)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -227,7 +235,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         dotted = f"{prefix}{key}"
         if key not in names:
             valid = [prefix + n for n in names]
-            raise ValueError(f"unknown config key {dotted!r}{_closest(dotted, valid)}; "
+            raise ValueError(f"unknown config key {quote(dotted)}{_closest(dotted, valid)}; "
                              f"valid keys here: {', '.join(valid)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
@@ -260,7 +268,7 @@ def config_to_dict(cfg: Config) -> dict:
 
 def _parse_override(item: str) -> tuple[list[str], str]:
     if "=" not in item:
-        raise ValueError(f"override {item!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
+        raise ValueError(f"override {quote(item)}: expected KEY=VALUE, e.g. optim.lr=0.05")
     key, raw = item.split("=", 1)
     return key.strip().split("."), raw.strip()
 
@@ -269,11 +277,8 @@ def _parse_value(raw: str, tp: Any, key: str) -> Any:
     if tp is str:
         return raw
     if typing.get_origin(tp) is tuple and not raw.startswith("["):
-        return [yaml.safe_load(p) for p in raw.split(",") if p.strip()]
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"override {key}={raw!r}: not a YAML value ({exc})") from exc
+        return [_load_yaml(p, f"override {key}") for p in raw.split(",") if p.strip()]
+    return _load_yaml(raw, f"override {key}")
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
@@ -291,24 +296,24 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
             dotted = ".".join(path[: depth + 1])
             if cls is dict:
                 if depth != len(path) - 1:
-                    raise ValueError(f"override {item!r}: nested keys below {'.'.join(path[:depth])} "
+                    raise ValueError(f"override {quote(item)}: nested keys below {'.'.join(path[:depth])} "
                                      "are not supported")
-                node[part] = yaml.safe_load(raw) if raw else ""
+                node[part] = _load_yaml(raw, f"override {dotted}") if raw else ""
                 break
             names = [f.name for f in dataclasses.fields(cls)]
             if part not in names:
                 prefix = ".".join(path[:depth])
                 valid = [f"{prefix}.{n}" if prefix else n for n in names]
-                raise ValueError(f"unknown config key {dotted!r}{_closest(dotted, valid)}; "
+                raise ValueError(f"unknown config key {quote(dotted)}{_closest(dotted, valid)}; "
                                  f"valid keys here: {', '.join(valid)}")
             tp = typing.get_type_hints(cls)[part]
             if depth == len(path) - 1:
                 if dataclasses.is_dataclass(tp):
-                    raise ValueError(f"override {item!r}: {dotted} is a section; set one of its keys")
+                    raise ValueError(f"override {quote(item)}: {dotted} is a section; set one of its keys")
                 node[part] = _coerce(_parse_value(raw, tp, dotted), tp, dotted)
             else:
                 if not (dataclasses.is_dataclass(tp) or tp is dict or typing.get_origin(tp) is dict):
-                    raise ValueError(f"override {item!r}: {dotted} is not a section")
+                    raise ValueError(f"override {quote(item)}: {dotted} is not a section")
                 cls = tp if dataclasses.is_dataclass(tp) else dict
                 node = node[part]
     return config_from_dict(data)
@@ -317,17 +322,78 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
 BASE_KEY = "base"
 
 
+class _ConfigYAMLError(yaml.YAMLError):
+    """A YAML document refused before it is built: too many values with its aliases expanded, or a cycle."""
+
+
+def _yaml_children(node: yaml.Node) -> list:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    """Refuse a node graph whose tree, every alias expanded, holds more than MAX_YAML_VALUES nodes (a few
+    hundred bytes of nested aliases can stand for billions of values: every later walk over the built data,
+    a merge, a copy, an error message, would pay for them all) or that refers to itself (a recursive alias)."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack = [(root, False)]
+    while stack:  # iterative depth-first walk, each distinct node once; sizes of shared nodes are reused
+        node, leaving = stack.pop()
+        key = id(node)
+        if leaving:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _yaml_children(node))
+            if sizes[key] > MAX_YAML_VALUES:
+                raise _ConfigYAMLError(f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded "
+                                       f"(line {node.start_mark.line + 1}); a whole config holds about 100")
+        elif key in on_path:
+            raise _ConfigYAMLError(f"a recursive alias (line {node.start_mark.line + 1}) refers to a node "
+                                   f"that contains it")
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _yaml_children(node) if id(child) not in sizes)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that checks the composed document with ``_check_expanded_size`` before building it."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expanded_size(node)
+        return node
+
+
+def _load_yaml(text: str, where: str):
+    """``yaml.safe_load(text)`` with the size bound of ``_BoundedLoader``; ValueError naming ``where``."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)
+    except _ConfigYAMLError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: invalid YAML: {shorten(str(exc))}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: YAML nested too deeply") from None
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"cannot read config file {path}: {exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"config file {path}: larger than {MAX_CONFIG_BYTES:,} bytes; a config is a few hundred")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"config file {path}: not UTF-8 text at byte {exc.start}: {exc.reason}") from exc
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"config file {path}: invalid YAML: {exc}") from exc
+    data = _load_yaml(text, f"config file {path}") or {}
     if not isinstance(data, Mapping):
         raise TypeError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
     return dict(data)
@@ -356,10 +422,10 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     base = data.pop(BASE_KEY)
     if not isinstance(base, str) or not base:
         raise TypeError(f"config file {path}: '{BASE_KEY}' must be a file name (relative to {path.parent}), "
-                        f"got {base!r}")
+                        f"got {quote(base)}")
     base_path = path.parent / base
     if not base_path.is_file():
-        raise ValueError(f"config file {path}: base {base!r} not found (looked for {base_path})")
+        raise ValueError(f"config file {path}: base {quote(base)} not found (looked for {base_path})")
     inherited = _resolve(base_path, (*chain, resolved))
     inherited.pop("name", None)
     return _merge(inherited, data)

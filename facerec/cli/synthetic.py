@@ -1,22 +1,20 @@
-"""Command line of :mod:`facerec.data.synthetic`: argv parsing and printed results.
-
-Kept out of the library module, which neither parses argv nor prints.
-"""
+"""``facerec-synthetic OUT``: the synthetic face set in the real formats (:mod:`facerec.data.synthetic` draws
+and writes it; this module turns its options into flags and prints where the set is)."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 
 import facerec.data.synthetic as _lib
+from facerec.cli._args import library_parser
 from facerec.data.synthetic import DEFAULTS, MARKER, ensure_synthetic, generate
 
 __all__ = ["main"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="facerec-synthetic", description=_lib.__doc__.split("\n\n")[0])
+    parser = library_parser("facerec-synthetic", _lib)
     parser.add_argument("out", help="output folder (e.g. data/synthetic)")
     for name, value in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")

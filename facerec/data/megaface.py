@@ -4,7 +4,7 @@ Listed paths are relative to an image or feature root; one that is absolute, hol
 NUL byte is refused (ValueError naming the list and the entry), so a list cannot make a reader or the
 feature writer reach outside its root (``docs/security.md``).
 
-Formats follow ``specs/megaface-protocol.md`` section 3 and ``specs/face-pipelines-survey.md`` section 2.5:
+Formats follow the MegaFace devkit and InsightFace's testpack (docs/megaface.md):
 
 * template list: ``{"path": [...], "id": [...]}`` (probe list) or ``{"path": [...]}`` (distractor list);
 * matio: little-endian int32 header ``(rows, cols, step = cols * elemsize, type)`` with type 5 (CV_32FC1) or
@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from facerec._quote import quote
 from .textfile import read_text
 
 __all__ = [
@@ -64,7 +65,7 @@ def check_listed_path(listed_path: str, source="a list", index=None) -> str:
     parts = listed_path.replace("\\", "/").split("/")
     if (not listed_path or "\0" in listed_path or listed_path.startswith(("/", "\\")) or ".." in parts
             or (len(listed_path) > 1 and listed_path[1] == ":")):
-        raise ValueError(f"{where}: listed path {listed_path[:120]!r} must be relative to its root, without "
+        raise ValueError(f"{where}: listed path {quote(listed_path)} must be relative to its root, without "
                          f"'..' (refused: it would reach outside the image/feature folder)")
     return listed_path
 
@@ -96,7 +97,7 @@ def read_template_list(path: str | Path) -> tuple[list[str], list[str] | None]:
     paths = data["path"]
     for i, p in enumerate(paths):
         if not isinstance(p, str):
-            raise ValueError(f'{path}: "path"[{i}] must be a string, got {p!r}')
+            raise ValueError(f'{path}: "path"[{i}] must be a string, got {quote(p)}')
         check_listed_path(p, f'{path}: "path"[{i}]')
     ids = data.get("id")
     if ids is not None:
@@ -126,7 +127,7 @@ def read_noise_list(path: str | Path) -> list[str]:
         if "\t" in line:
             fields = line.split("\t")
             if len(fields) < 2 or not fields[1].strip():
-                raise ValueError(f"{path}: line {lineno}: tab-separated entry without a 2nd field: {line!r}")
+                raise ValueError(f"{path}: line {lineno}: tab-separated entry without a 2nd field: {quote(line)}")
             line = fields[1].strip()
         out.append(line)
     return out

@@ -1,6 +1,6 @@
 """Write InsightFace-layout RecordIO datasets; ``facerec-pack SRC OUT.rec`` packs an image folder.
 
-Layout written (``specs/face-pipelines-survey.md`` section 2.3), readable by :class:`RecordDataset`, mxnet and
+Layout written (InsightFace's, docs/data.md), readable by :class:`RecordDataset`, mxnet and
 arcface_torch: key 0 = header (flag 2, labels ``[N+1, N+1+C]``), keys ``1..N`` = images grouped by identity
 (flag 0, scalar float label, ``id`` = key), keys ``N+1..N+C`` = one record per identity (flag 2, labels
 ``[start, end)`` of its image keys), ``OUT.idx`` beside ``OUT.rec``, ``property`` (``C,H,W``) in the same
@@ -12,7 +12,6 @@ byte-for-byte, anything else (PNG, greyscale, ...) is re-encoded as JPEG ``--qua
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -92,14 +91,6 @@ class FaceRecWriter:
         elif self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 112x112 or 112x96, got {text!r}") from None
-    return h, w
 
 
 def pack_folder(src, out_rec, *, size=(112, 112), quality: int = 95, skip_bad: bool = False) -> dict:

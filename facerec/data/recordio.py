@@ -1,7 +1,7 @@
 """Pure-Python MXNet RecordIO: reader, writer, ``.idx`` index and the image-record header.
 
-Follows the dmlc-core RecordIO container and mxnet's ``recordio.pack/unpack`` as summarised in
-``specs/face-pipelines-survey.md`` section 2.1-2.2; no mxnet import, byte-compatible both ways.
+Follows the dmlc-core RecordIO container and mxnet's ``recordio.pack/unpack``; no mxnet import,
+byte-compatible both ways.
 
 Container: every physical chunk is ``uint32 magic 0xced7230a`` + ``uint32 lrecord`` (low 29 bits: length,
 top 3 bits: cflag 0 whole / 1 first / 2 middle / 3 last) + payload + zero padding to 4 bytes. A record is split
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from facerec._quote import quote
 
 __all__ = [
     "RECORDIO_MAGIC",
@@ -217,7 +219,7 @@ def _parse_index_lines(data: bytes, idx_path: Path):
                 raise ValueError
             keys[n], offsets[n] = int(fields[0]), int(fields[1])
         except ValueError:
-            raise RecordIOError(f"line {lineno}: expected 'key<TAB>offset', got {line[:80]!r}", path=idx_path) from None
+            raise RecordIOError(f"line {lineno}: expected 'key<TAB>offset', got {quote(line)}", path=idx_path) from None
         n += 1
     return keys[:n], offsets[:n]
 

@@ -2,9 +2,9 @@
 
 Faces come from :mod:`facerec.data.synthetic_faces`. Identities are disjoint between the parts:
 
-``OUT/train.rec, train.idx, property``   InsightFace layout with header record 0 (survey section 2.3)
-``OUT/synth_val.bin``                    verification pairs of held-out identities (survey section 2.4)
-``OUT/megaface/``                        MegaFace-style tree (``specs/megaface-protocol.md`` sections 2-3):
+``OUT/train.rec, train.idx, property``   InsightFace layout with header record 0
+``OUT/synth_val.bin``                    verification pairs of held-out identities (InsightFace ``.bin``)
+``OUT/megaface/``                        MegaFace-style tree (the devkit's layout, docs/megaface.md):
     ``facescrub_images/<First_Last>/<First_Last>_<n>.png``   FaceScrub-like probe identities
     ``megaface_images/<aaa>/<user>/<photo>_<k>.jpg``          distractors, one fresh identity each
     ``templatelists/facescrub_features_list.json``            {"path", "id"}
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from facerec._quote import quote
 from .codec import encode_image
 from .pack import FaceRecWriter
 from .synthetic_faces import render_face, sample_identity
@@ -79,17 +80,17 @@ def _params(kwargs: dict) -> dict:
     for name in ("num_identities", "images_per_identity", "val_identities", "val_images_per_identity",
                  "val_pairs", "probe_identities", "probe_images_per_identity"):
         if int(p[name]) < (2 if name in ("val_identities", "val_images_per_identity") else 1):
-            raise ValueError(f"{name} must be >= {2 if name.startswith('val_') else 1}, got {p[name]}")
+            raise ValueError(f"{name} must be >= {2 if name.startswith('val_') else 1}, got {quote(p[name])}")
         p[name] = int(p[name])
     if int(p["num_distractors"]) < 0:
-        raise ValueError(f"num_distractors must be >= 0, got {p['num_distractors']}")
+        raise ValueError(f"num_distractors must be >= 0, got {quote(p['num_distractors'])}")
     lo, hi = p["jpeg_quality"]
     if not 1 <= lo <= hi <= 100:
-        raise ValueError(f"jpeg_quality must be (lo, hi) with 1 <= lo <= hi <= 100, got {p['jpeg_quality']}")
+        raise ValueError(f"jpeg_quality must be (lo, hi) with 1 <= lo <= hi <= 100, got {quote(p['jpeg_quality'])}")
     p["seed"], p["num_distractors"], p["megaface"] = int(p["seed"]), int(p["num_distractors"]), bool(p["megaface"])
     p["variation"] = float(p["variation"])
     if not 0.0 <= p["variation"] <= 2.0:
-        raise ValueError(f"variation must be in [0, 2], got {p['variation']}")
+        raise ValueError(f"variation must be in [0, 2], got {quote(p['variation'])}")
     return p
 
 

@@ -131,32 +131,57 @@ def _draw_hair(img, ident, cx, cy, front: bool, yaw: float):
     img[sel] = hair
 
 
+class _Pose:
+    """Where the face sits in one image: the outline centre (cx, cy), the features' centre (fx) shifted by yaw,
+    their vertical shift fy (pitch), and the yaw itself (-1..1) that narrows the far side."""
+
+    def __init__(self, yaw: float, pitch: float) -> None:
+        self.cx, self.cy = 56.0, 60.0
+        self.yaw = yaw
+        self.fx = self.cx + 7.0 * yaw  # features move with yaw, the outline barely
+        self.fy = pitch * 3.0
+
+
 def render_face(ident: dict, rng: np.random.Generator, *, variation: float = 1.0) -> np.ndarray:
     """One image of ``ident`` with random pose/expression/lighting/occlusion/blur/noise -> RGB uint8 (112, 112, 3).
 
     ``variation`` scales every nuisance (pose range, lighting, colour cast, occlusion and blur probability,
     noise): 0 gives a canonical frontal image on a random background, 1 the default mix.
 
-    JPEG compression is left to the caller (it picks the quality per image).
+    JPEG compression is left to the caller (it picks the quality per image). The stages below draw from
+    ``rng`` in this order, so an identity and a seed give the same image.
     """
+    v = float(variation)
+    img = _background(rng)
+    pose = _Pose(v * rng.uniform(-1, 1), v * rng.uniform(-1, 1))
+    img = _draw_head(img, ident, pose)
+    eye_y = _draw_eyes(img, ident, pose, rng)
+    _draw_nose(img, ident, pose, eye_y)
+    _draw_mouth(img, ident, pose, rng)
+    _draw_front(img, ident, pose, eye_y)
+    if rng.uniform() < 0.25 * v:
+        _occlude(img, rng, pose.fx, eye_y, ident)
+    img = _pose_warp(img, rng, v)
+    return _camera(img, rng, v)
+
+
+def _background(rng) -> np.ndarray:
+    """A flat random colour with a random linear ramp, uint8 (S, S, 3)."""
     S = FACE_SIZE
     bg = rng.uniform(20, 235, 3)
     img = np.empty((S, S, 3), np.float32)
     img[:] = bg
     ramp = rng.uniform(-40, 40) * (_XX / S - 0.5) + rng.uniform(-40, 40) * (_YY / S - 0.5)
     img += ramp[..., None]
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
-    v = float(variation)
-    yaw, pitch = v * rng.uniform(-1, 1), v * rng.uniform(-1, 1)
-    cx, cy = 56.0, 60.0
-    fx = cx + 7.0 * yaw  # features move with yaw, the outline barely
-    fy = pitch * 3.0
+
+def _draw_head(img, ident, pose: _Pose) -> np.ndarray:
+    """Back hair, ears, the shaded skin of the face outline and a full beard; returns the new image."""
+    S, cx, cy, yaw = FACE_SIZE, pose.cx, pose.cy, pose.yaw
     skin = _col(ident["skin"])
-    dark = _col(ident["skin"] * 0.7)
-
     _draw_hair(img, ident, cx, cy, False, yaw)
-    ear_y = cy - 4 + fy
+    ear_y = cy - 4 + pose.fy
     for side in (-1, 1):
         ex = cx + side * (ident["face_rx"] * (1 - 0.12 * yaw * side) - 1)
         _ellipse(img, ex, ear_y, ident["ear"] * (1 - 0.5 * yaw * side), ident["ear"] * 1.6, 0, skin)
@@ -166,19 +191,24 @@ def render_face(ident: dict, rng: np.random.Generator, *, variation: float = 1.0
     face_mask = np.zeros((S, S), np.uint8)
     _poly(face_mask, outline, 255)
     tex = cv2.resize(ident["texture"], (S, S), interpolation=cv2.INTER_CUBIC)
-    shade = 1 + ident["texture_amp"] * tex - 0.08 * np.abs(_XX - fx) / ident["face_rx"]
+    shade = 1 + ident["texture_amp"] * tex - 0.08 * np.abs(_XX - pose.fx) / ident["face_rx"]
     fm = face_mask > 0
     shaded = img * np.where(fm, shade, np.float32(1))[..., None]
     img = np.clip(shaded, 0, 255, out=shaded).astype(np.uint8)
 
     if ident["beard"] == 2:
-        beard = fm & (_YY > ident["mouth_y"] + fy - 7 + 8 * ((_XX - fx) / ident["face_rx"]) ** 2)
+        beard = fm & (_YY > ident["mouth_y"] + pose.fy - 7 + 8 * ((_XX - pose.fx) / ident["face_rx"]) ** 2)
         img[beard] = _col(ident["hair"] * 0.9)
+    return img
 
-    # eyes and brows
+
+def _draw_eyes(img, ident, pose: _Pose, rng) -> float:
+    """Eyes (random blink) and brows (random raise); returns the eye row."""
+    fx, yaw = pose.fx, pose.yaw
+    dark = _col(ident["skin"] * 0.7)
     openness = 1.0 if rng.uniform() > 0.15 else rng.uniform(0.1, 0.6)
     brow_raise = rng.uniform(-1.5, 2.5)
-    eye_y = ident["eye_y"] + fy
+    eye_y = ident["eye_y"] + pose.fy
     for side in (-1, 1):
         scale = 1 - 0.25 * yaw * side
         ex = fx + side * ident["eye_dx"] * scale
@@ -195,22 +225,29 @@ def render_face(ident: dict, rng: np.random.Generator, *, variation: float = 1.0
         xs = np.linspace(ex - bw / 2, ex + bw / 2, 7)
         ys = by - ident["brow_arch"] * (1 - ((xs - ex) / (bw / 2)) ** 2) + side * 0.15 * (xs - ex)
         _poly(img, np.stack([xs, ys], 1), _col(ident["hair"] * 0.8), closed=False, thickness=ident["brow_t"])
+    return eye_y
 
-    # nose
+
+def _draw_nose(img, ident, pose: _Pose, eye_y: float) -> None:
+    fx, yaw = pose.fx, pose.yaw
     ny = eye_y + ident["nose_len"]
     nx = fx + 4.0 * yaw
     nw = ident["nose_w"]
     if ident["nose_bridge"]:
-        _poly(img, [[fx + 2 * yaw + 2, eye_y + 3], [nx + nw * 0.6, ny - 1]], dark, closed=False, thickness=1)
+        _poly(img, [[fx + 2 * yaw + 2, eye_y + 3], [nx + nw * 0.6, ny - 1]], _col(ident["skin"] * 0.7),
+              closed=False, thickness=1)
     _ellipse(img, nx, ny, nw, 2.5, 0, _col(ident["skin"] * 0.85), 1, 0, 180)
     for side in (-1, 1):
         _ellipse(img, nx + side * nw * 0.45, ny + 0.5, 1.3, 0.9, 0, _col(ident["skin"] * 0.45))
 
-    # mouth
+
+def _draw_mouth(img, ident, pose: _Pose, rng) -> None:
+    """Lips with a random smile, sometimes open; a moustache above them."""
+    yaw = pose.yaw
     smile = rng.uniform(-0.6, 1.0)
     opened = rng.uniform() < 0.25
-    my = ident["mouth_y"] + fy * 0.8
-    mx = fx + 3.0 * yaw
+    my = ident["mouth_y"] + pose.fy * 0.8
+    mx = pose.fx + 3.0 * yaw
     mw = ident["mouth_w"] * (1 + 0.15 * smile) * (1 - 0.15 * abs(yaw))
     if ident["beard"] >= 1:
         _ellipse(img, mx, my - ident["lip_t"] - 3, mw * 0.9, 3, 0, _col(ident["hair"] * 0.9))
@@ -222,10 +259,14 @@ def render_face(ident: dict, rng: np.random.Generator, *, variation: float = 1.0
                                    * (1 - ((xs[::-1] - mx) / mw) ** 2)], 1)]), (60, 20, 25))
     _poly(img, np.stack([xs, curve], 1), _col(ident["lip"]), closed=False, thickness=max(1, int(ident["lip_t"])))
 
+
+def _draw_front(img, ident, pose: _Pose, eye_y: float) -> None:
+    """Moles, then the hair that falls over the forehead, then glasses on top."""
+    fx = pose.fx
     for mxr, myr in ident["moles"]:
-        _ellipse(img, fx + mxr * ident["face_rx"] * 0.8, cy + myr * ident["face_ry"] * 0.7, 1.0, 1.0, 0,
+        _ellipse(img, fx + mxr * ident["face_rx"] * 0.8, pose.cy + myr * ident["face_ry"] * 0.7, 1.0, 1.0, 0,
                  _col(ident["skin"] * 0.4))
-    _draw_hair(img, ident, cx, cy, True, yaw)
+    _draw_hair(img, ident, pose.cx, pose.cy, True, pose.yaw)
     if ident["glasses"]:
         for side in (-1, 1):
             _ellipse(img, fx + side * ident["eye_dx"], eye_y, ident["eye_rx"] + 3.5, ident["eye_ry"] + 4.5, 0,
@@ -233,16 +274,19 @@ def render_face(ident: dict, rng: np.random.Generator, *, variation: float = 1.0
         _poly(img, [[fx - ident["eye_dx"] + ident["eye_rx"] + 3.5, eye_y], [fx + ident["eye_dx"]
               - ident["eye_rx"] - 3.5, eye_y]], _col(ident["glasses_color"]), closed=False, thickness=1)
 
-    if rng.uniform() < 0.25 * v:
-        _occlude(img, rng, fx, eye_y, ident)
 
-    # pose: roll, scale, shift as one similarity warp
+def _pose_warp(img, rng, v: float) -> np.ndarray:
+    """Roll, scale and shift as one similarity warp."""
+    S = FACE_SIZE
     angle, scale = v * rng.uniform(-12, 12), 1 + v * rng.uniform(-0.08, 0.08)
     m = cv2.getRotationMatrix2D((56.0, 60.0), angle, scale)
     m[:, 2] += v * rng.uniform(-3.5, 3.5, 2)
-    img = cv2.warpAffine(img, m, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return cv2.warpAffine(img, m, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
-    # lighting
+
+def _camera(img, rng, v: float) -> np.ndarray:
+    """Lighting (gain, directional ramp, colour cast), blur or down-up sampling, sensor noise -> uint8."""
+    S = FACE_SIZE
     theta = rng.uniform(0, 2 * np.pi)
     gain, slope = 1 + v * rng.uniform(-0.3, 0.2), v * rng.uniform(0, 0.4) / 56
     light = np.float32(gain) * (1 + np.float32(slope * np.cos(theta)) * _XC + np.float32(slope * np.sin(theta)) * _YC)
@@ -256,7 +300,7 @@ def render_face(ident: dict, rng: np.random.Generator, *, variation: float = 1.0
         f = cv2.resize(cv2.resize(f, (small, small), interpolation=cv2.INTER_AREA), (S, S),
                        interpolation=cv2.INTER_LINEAR)
     tile = _noise_bank()[int(rng.integers(_NOISE_TILES))]
-    oy, ox = (int(v) for v in rng.integers(0, tile.shape[0] - S, 2))
+    oy, ox = (int(k) for k in rng.integers(0, tile.shape[0] - S, 2))
     f += np.float32(v * rng.uniform(0, 6)) * tile[oy:oy + S, ox:ox + S]
     return np.clip(f, 0, 255).astype(np.uint8)
 

@@ -2,7 +2,7 @@
 
 Every image that enters a model goes through :func:`normalize` (training, evaluation, visualiser), so the
 pipeline has a single definition of the input scale: RGB, ``(x / 255 - 0.5) / 0.5`` in [-1, 1], as the
-MobileFaceNet / ArcFace references (``specs/face-pipelines-survey.md`` section 3). The 112x96 input of the
+MobileFaceNet / ArcFace reference implementations. The 112x96 input of the
 MobileFaceNet paper is the 112x112 aligned crop minus 8 columns on each side.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Verification pair sets in InsightFace's ``.bin`` format: read, write, build from a folder + pairs.txt.
 
-Format (``specs/face-pipelines-survey.md`` section 2.4): a pickle of ``(bins, issame)``: ``bins`` holds 2P
+Format (InsightFace's LFW / CFP-FP / AgeDB-30 files): a pickle of ``(bins, issame)``: ``bins`` holds 2P
 encoded images (pair k = ``bins[2k]``, ``bins[2k+1]``), ``issame`` P booleans. InsightFace's own files
 (lfw.bin, cfp_fp.bin, agedb_30.bin) are Python-2 pickles whose ``str`` items load as bytes with
 ``encoding='bytes'``. Images decode to RGB.
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .codec import IMAGE_SUFFIXES, decode_rgb, encode_image
+from facerec._quote import quote
+from .codec import IMAGE_SUFFIXES, decode_rgb_or_raise, encode_image
 from .megaface import check_listed_path
 from .textfile import read_text
 
@@ -58,7 +59,7 @@ def _latin1_encode(text, encoding="latin1", errors="strict"):
     """``_codecs.encode`` as Python 3 pickles bytes with protocol <= 2: text -> latin-1 bytes, nothing else."""
     if not isinstance(text, str) or str(encoding).lower().replace("_", "-") not in ("latin1", "latin-1"):
         raise pickle.UnpicklingError(f"_codecs.encode only re-creates latin-1 bytes, got {type(text).__name__} "
-                                     f"and encoding {encoding!r}")
+                                     f"and encoding {quote(encoding)}")
     return _codecs.encode(text, "latin1")
 
 
@@ -74,7 +75,7 @@ def _bytearray(source=b"", encoding="latin1", errors="strict"):
 def _np_dtype(spec, align=False, copy=False):
     dtype = np.dtype(spec) if isinstance(spec, (str, bytes)) and len(spec) <= 8 else None
     if dtype is None or dtype.kind not in _NP_DTYPE_KINDS:
-        raise pickle.UnpicklingError(f"only bool/int/float numpy dtypes are accepted, got {spec!r}")
+        raise pickle.UnpicklingError(f"only bool/int/float numpy dtypes are accepted, got {quote(spec)}")
     return np.dtype(dtype)
 
 
@@ -135,7 +136,7 @@ class _BinUnpickler(pickle.Unpickler):
         return found
 
     def persistent_load(self, pid):
-        raise _RefusedGlobal(f"{self._path}: refused persistent id {pid!r} (nothing was executed)")
+        raise _RefusedGlobal(f"{self._path}: refused persistent id {quote(pid)} (nothing was executed)")
 
 
 class _RefusedGlobal(ValueError):
@@ -226,13 +227,7 @@ def read_bin_encoded(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
 
 def decode_bin_image(path, i: int, data: bytes) -> np.ndarray:
     """Image ``i`` of a ``.bin`` -> RGB uint8 (H, W, 3); ValueError naming the file, image and pair."""
-    try:
-        img = decode_rgb(data)
-    except ValueError as err:
-        raise ValueError(f"{path}: image {i} (pair {i // 2}): {err}") from None
-    if img is None:
-        raise ValueError(f"{path}: image {i} (pair {i // 2}) is not decodable ({len(data)} bytes)")
-    return img
+    return decode_rgb_or_raise(data, f"{path}: image {i} (pair {i // 2})")
 
 
 def read_bin(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -303,7 +298,7 @@ def read_pairs_txt(path: str | os.PathLike) -> list[tuple[str, int, str, int]]:
                 raise ValueError
         except (ValueError, OverflowError):  # int(float("inf")) overflows
             raise ValueError(f"{path}: line {lineno}: expected 'name i j' or 'name_a i name_b j', "
-                             f"got {line.strip()[:80]!r}") from None
+                             f"got {quote(line.strip())}") from None
         for name in (pair[0], pair[2]):  # a name is a folder under the image root, never a way out of it
             check_listed_path(name, f"{path}: line {lineno}")
         pairs.append(pair)
@@ -342,8 +337,7 @@ def build_bin_from_pairs(root, pairs_txt, out_path, *, digits: int = 4, skip_mis
             continue
         for p in (pa, pb):
             data = p.read_bytes()
-            if decode_rgb(data) is None:
-                raise ValueError(f"{p}: not a decodable image (pair {k + 1} of {pairs_txt})")
+            decode_rgb_or_raise(data, f"{p} (pair {k + 1} of {pairs_txt})")
             bins.append(data)
         issame.append(na == nb)
     write_bin(out_path, bins, issame)

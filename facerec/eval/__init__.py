@@ -2,7 +2,7 @@
 
 ``features`` (the FeatureExtractor contract, batched flip-sum extraction, sharded over torchrun ranks),
 ``megaface`` (MegaFace Challenge 1 identification and verification with the refined lists,
-``specs/megaface-protocol.md`` sections 4-6 and 9), ``verification`` (the 10-fold pair protocol).
+as the official devkit scores it, docs/megaface.md), ``verification`` (the 10-fold pair protocol).
 Submodules are imported on use; this package imports nothing heavy.
 """
 

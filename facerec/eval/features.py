@@ -3,7 +3,7 @@
 Evaluation sees a model only through a *FeatureExtractor*: any callable mapping a uint8 RGB batch
 (N, H, W, 3) to float features (N, D) (numpy or torch). :class:`ModelFeatureExtractor` wraps a backbone
 (eval mode, no_grad, the one normalisation of ``facerec.data.transforms``). :func:`extract_features` batches,
-fuses the mirrored image by summing (InsightFace ``gen_megaface.py``; ``specs/megaface-protocol.md`` 2.2) and
+fuses the mirrored image by summing (InsightFace ``gen_megaface.py``) and
 L2-normalises; under torchrun (an initialised process group with several ranks) an array input is split into
 contiguous shards, one per rank, and the result gathered on every rank. A single process starts no group.
 """

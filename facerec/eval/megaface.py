@@ -1,6 +1,6 @@
 """MegaFace Challenge 1 scoring (FaceScrub probes vs. up to 1M distractors), exactly as the devkit.
 
-Follows ``specs/megaface-protocol.md`` sections 4-6 and 9:
+Follows the official devkit (protocol: docs/megaface.md):
 
 * identification: every ordered pair (a, b) of distinct same-identity probe images is a trial; its rank is
   r(a, b) = #{distractors d : s(a, d) > s(a, b)} (strict: ties go to the mate); CMC(r) is the fraction of trials
@@ -133,63 +133,18 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
     if block_size < 1:
         raise ValueError(f"block_size must be positive, got {block_size}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    P = _check_features(probe_feats, "probe_feats")
+    P, ids, n_replaced = _check_probes(probe_feats, probe_ids, probe_noise)
     n_p, dim = P.shape
-    ids = np.asarray([str(i) for i in probe_ids])
-    if len(ids) != n_p:
-        raise ValueError(f"probe_ids has {len(ids)} entries for {n_p} probe features")
-    n_d = len(distractor_feats)
-    d_shape = getattr(distractor_feats, "shape", None)
-    if d_shape is not None and (len(d_shape) != 2 or d_shape[1] != dim):
-        raise ValueError(f"distractor_feats must be (N, {dim}) like the probes, got shape {tuple(d_shape)}")
-    n_replaced = 0
-    if probe_noise is not None:
-        probe_noise = np.asarray(probe_noise, dtype=bool)
-        if probe_noise.shape != (n_p,):
-            raise ValueError(f"probe_noise must be a bool mask of shape ({n_p},), got {probe_noise.shape}")
-        P, _ = clean_probe_features(P, ids, probe_noise)
-        n_replaced = int(probe_noise.sum())
-    keep_d = None
-    if distractor_noise is not None:
-        distractor_noise = np.asarray(distractor_noise, dtype=bool)
-        if distractor_noise.shape != (n_d,):
-            raise ValueError(f"distractor_noise must be a bool mask of shape ({n_d},), got {distractor_noise.shape}")
-        keep_d = ~distractor_noise
-    n_removed = 0 if keep_d is None else int((~keep_d).sum())
-
-    _, codes = np.unique(ids, return_inverse=True)
-    members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)] if n_p else []
-    mates = [None] * n_p
-    for m in members:
-        for a in m:
-            mates[a] = m[m != a]
+    n_d, keep_d = _check_distractors(distractor_feats, distractor_noise, dim)
+    members, mates, (pos_i, pos_j) = _identity_groups(ids)
     W = int(min(block_size, max(n_d, 1)))
     W = max(8, -(-W // 8) * 8)  # one fixed GEMM shape (P, D) x (D, W) for every score
     n_roc = min(roc_probes, n_p)
 
     with _no_tf32(), torch.no_grad():
-        Pt = torch.from_numpy(P).to(device)
-        Ps = Pt * SCORE_SCALE  # exact: a power of two
-        S = torch.empty((n_p, W), dtype=torch.float32, device=device)
-        X = torch.zeros((W, dim), dtype=torch.float32, device=device)
-
-        # probe x probe scores through the same GEMM shape as the distractors
-        PP = torch.empty((n_p, n_p), dtype=torch.float32, device=device)
-        for c0 in range(0, n_p, W):
-            c1 = min(n_p, c0 + W)
-            X.zero_()
-            X[:c1 - c0] = Pt[c0:c1]
-            torch.matmul(Ps, X.T, out=S)
-            PP[:, c0:c1] = S[:, :c1 - c0]
-        PPn = PP.cpu().numpy()
+        gemm = _BlockGemm(P, W, device)
+        PPn = _probe_scores(gemm)
         thresholds = [PPn[a, mates[a]] for a in range(n_p)]
-        pos_i, pos_j = [], []
-        for m in members:
-            ii, jj = np.triu_indices(len(m), 1)
-            pos_i.append(m[ii])
-            pos_j.append(m[jj])
-        pos_i = np.concatenate(pos_i) if pos_i else np.zeros(0, np.int64)
-        pos_j = np.concatenate(pos_j) if pos_j else np.zeros(0, np.int64)
         positives = PPn[pos_i, pos_j]
         id_bins = min(_ID_BINS, _pow2_at_least(4 * n_d))  # bins only set the speed; small sets need few
         roc_bins = min(roc_bins, _pow2_at_least(4 * n_roc * n_d))
@@ -197,31 +152,115 @@ def evaluate(probe_feats, probe_ids: Sequence, distractor_feats, *, probe_noise=
                                       n_bins=id_bins, device=device)
         roc_counter = ThresholdCounter([positives], offset=SCORE_SCALE, factor=roc_bins / (2 * SCORE_SCALE),
                                        n_bins=roc_bins, device=device)
-        roc_rows = torch.zeros(1, dtype=torch.int64, device=device)
-
-        starts = range(0, n_d, W)
-        if progress:
-            from tqdm import tqdm
-            starts = tqdm(starts, desc="distractor blocks", unit="block")
-        for d0 in starts:
-            block = np.asarray(distractor_feats[d0:d0 + W])
-            if keep_d is not None:
-                block = block[keep_d[d0:d0 + W]]
-            w = len(block)
-            if w == 0:
-                continue
-            block = _check_features(block, f"distractor_feats[{d0}:{d0 + W}]", dim)
-            X.zero_()
-            X[:w] = torch.from_numpy(block).to(device)
-            torch.matmul(Ps, X.T, out=S)
-            if n_roc:
-                roc_counter.update(S[:n_roc, :w].reshape(1, -1), roc_rows)
-            id_counter.update(S[:, :w], range(0, n_p))
+        _score_distractors(gemm, distractor_feats, keep_d, id_counter, roc_counter, n_roc, progress)
 
     ranks = np.concatenate(id_counter.counts_above()) if n_p else np.zeros(0, np.int64)
     fa = roc_counter.counts_above()[0]
-    return _summarise(ranks, fa, n_d=n_d, n_removed=n_removed, dim=dim, n_p=n_p, n_ids=len(members),
-                      n_replaced=n_replaced, n_roc=n_roc, far_targets=far_targets, cmc_ranks=cmc_ranks)
+    return _summarise(ranks, fa, n_d=n_d, n_removed=0 if keep_d is None else int((~keep_d).sum()), dim=dim,
+                      n_p=n_p, n_ids=len(members), n_replaced=n_replaced, n_roc=n_roc, far_targets=far_targets,
+                      cmc_ranks=cmc_ranks)
+
+
+def _check_probes(probe_feats, probe_ids, probe_noise) -> tuple[np.ndarray, np.ndarray, int]:
+    """Normalised probe features (noisy rows cleaned when a noise mask is given), ids as strings, rows replaced."""
+    P = _check_features(probe_feats, "probe_feats")
+    n_p = P.shape[0]
+    ids = np.asarray([str(i) for i in probe_ids])
+    if len(ids) != n_p:
+        raise ValueError(f"probe_ids has {len(ids)} entries for {n_p} probe features")
+    if probe_noise is None:
+        return P, ids, 0
+    probe_noise = np.asarray(probe_noise, dtype=bool)
+    if probe_noise.shape != (n_p,):
+        raise ValueError(f"probe_noise must be a bool mask of shape ({n_p},), got {probe_noise.shape}")
+    P, _ = clean_probe_features(P, ids, probe_noise)
+    return P, ids, int(probe_noise.sum())
+
+
+def _check_distractors(distractor_feats, distractor_noise, dim: int) -> tuple[int, np.ndarray | None]:
+    """(number of distractors, bool mask of the kept ones or None when no noise mask is given)."""
+    n_d = len(distractor_feats)
+    d_shape = getattr(distractor_feats, "shape", None)
+    if d_shape is not None and (len(d_shape) != 2 or d_shape[1] != dim):
+        raise ValueError(f"distractor_feats must be (N, {dim}) like the probes, got shape {tuple(d_shape)}")
+    if distractor_noise is None:
+        return n_d, None
+    distractor_noise = np.asarray(distractor_noise, dtype=bool)
+    if distractor_noise.shape != (n_d,):
+        raise ValueError(f"distractor_noise must be a bool mask of shape ({n_d},), got {distractor_noise.shape}")
+    return n_d, ~distractor_noise
+
+
+def _identity_groups(ids: np.ndarray):
+    """(row indices of each identity, each probe's mates, (i, j) of the same-identity pairs i < j)."""
+    n_p = len(ids)
+    _, codes = np.unique(ids, return_inverse=True)
+    members = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)] if n_p else []
+    mates = [None] * n_p
+    for m in members:
+        for a in m:
+            mates[a] = m[m != a]
+    pos_i, pos_j = [], []
+    for m in members:
+        ii, jj = np.triu_indices(len(m), 1)
+        pos_i.append(m[ii])
+        pos_j.append(m[jj])
+    pos_i = np.concatenate(pos_i) if pos_i else np.zeros(0, np.int64)
+    pos_j = np.concatenate(pos_j) if pos_j else np.zeros(0, np.int64)
+    return members, mates, (pos_i, pos_j)
+
+
+class _BlockGemm:
+    """Every score through one fixed-shape GEMM, (P, D) x (D, W): probes scaled by SCORE_SCALE (exact, a power
+    of two) against a zero-padded block of at most W rows, so equal features give bit-equal scores."""
+
+    def __init__(self, probes: np.ndarray, width: int, device) -> None:
+        n_p, dim = probes.shape
+        self.width, self.dim, self.device = width, dim, device
+        self.probes = torch.from_numpy(probes).to(device)
+        self._scaled = self.probes * SCORE_SCALE
+        self._out = torch.empty((n_p, width), dtype=torch.float32, device=device)
+        self._block = torch.zeros((width, dim), dtype=torch.float32, device=device)
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scores (P, len(rows)) of the probes against ``rows`` (at most W of them, D wide)."""
+        self._block.zero_()
+        self._block[:len(rows)] = rows
+        torch.matmul(self._scaled, self._block.T, out=self._out)
+        return self._out[:, :len(rows)]
+
+
+def _probe_scores(gemm: _BlockGemm) -> np.ndarray:
+    """Probe x probe scores (P, P) through the same GEMM shape as the distractors."""
+    n_p = gemm.probes.shape[0]
+    scores = torch.empty((n_p, n_p), dtype=torch.float32, device=gemm.device)
+    for c0 in range(0, n_p, gemm.width):
+        c1 = min(n_p, c0 + gemm.width)
+        scores[:, c0:c1] = gemm(gemm.probes[c0:c1])
+    return scores.cpu().numpy()
+
+
+def _score_distractors(gemm: _BlockGemm, distractor_feats, keep_d, id_counter, roc_counter, n_roc: int,
+                       progress: bool) -> None:
+    """Stream the distractors in blocks of W rows (noisy ones dropped) into the two counters."""
+    W, n_p = gemm.width, gemm.probes.shape[0]
+    roc_rows = torch.zeros(1, dtype=torch.int64, device=gemm.device)
+    starts = range(0, len(distractor_feats), W)
+    if progress:
+        from tqdm import tqdm
+        starts = tqdm(starts, desc="distractor blocks", unit="block")
+    for d0 in starts:
+        block = np.asarray(distractor_feats[d0:d0 + W])
+        if keep_d is not None:
+            block = block[keep_d[d0:d0 + W]]
+        w = len(block)
+        if w == 0:
+            continue
+        block = _check_features(block, f"distractor_feats[{d0}:{d0 + W}]", gemm.dim)
+        S = gemm(torch.from_numpy(block).to(gemm.device))
+        if n_roc:
+            roc_counter.update(S[:n_roc].reshape(1, -1), roc_rows)
+        id_counter.update(S, range(0, n_p))
 
 
 def _pow2_at_least(n: int) -> int:

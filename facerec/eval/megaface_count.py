@@ -1,6 +1,6 @@
 """Exact streamed threshold counting: for each row, how many streamed scores lie strictly above each threshold.
 
-This is the inner loop of the MegaFace evaluator (``specs/megaface-protocol.md`` sections 4-5): a trial's rank
+This is the inner loop of the MegaFace evaluator (docs/megaface.md): a trial's rank
 is the number of distractor scores strictly above the probe-mate score, and a positive pair's false-accept
 count is the number of ROC negatives strictly above it. Scores arrive as (R, B) blocks and are never kept.
 

@@ -1,7 +1,7 @@
 """Features for every image of a MegaFace/FaceScrub template list, written as a matio tree or a packed .npy.
 
-The InsightFace testpack pipeline (``specs/megaface-protocol.md`` 2.2): read each aligned image, feature =
-L2-normalise(f(img) + f(mirrored img)), write ``<out>/<listed path><suffix>`` (devkit matio, section 3.1) or
+The InsightFace testpack pipeline (docs/megaface.md): read each aligned image, feature =
+L2-normalise(f(img) + f(mirrored img)), write ``<out>/<listed path><suffix>`` (devkit matio) or
 one float32 ``.npy`` whose rows follow the list. Work is split into chunks of the list; under torchrun chunk i
 belongs to rank ``i % world_size``. Finished chunks are skipped on a rerun (resumable): a matio chunk is done
 when all its files exist (each written atomically), a packed chunk when its part file exists; rank 0 joins
@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from facerec._quote import quote
 from facerec.data.codec import read_rgb
 from facerec.data.megaface import check_listed_path, feature_file_path, write_matio
 
@@ -67,7 +68,7 @@ def extract_list(extractor: Callable, image_root: str | Path, paths: Sequence[st
     Returns ``out``. Rerunning with the same arguments continues where it stopped.
     """
     if fmt not in ("matio", "npy"):
-        raise ValueError(f"fmt must be 'matio' or 'npy', got {fmt!r}")
+        raise ValueError(f"fmt must be 'matio' or 'npy', got {quote(fmt)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     for i, p in enumerate(paths):

@@ -1,6 +1,6 @@
 """MegaFace scoring from files: feature sources, noise-list matching, results.json / cmc_*.json / plot.
 
-Feature sources (``specs/megaface-protocol.md`` 2.3, 3.1): a devkit matio tree ``<root>/<listed path><suffix>``
+Feature sources (docs/megaface.md): a devkit matio tree ``<root>/<listed path><suffix>``
 or one packed float32/float64 ``.npy`` whose rows follow the list. Both are read in row blocks with plain
 file reads (no memory map), so memory stays bounded. Noise lists (section 3.3, 6): FaceScrub entries are
 image basenames, MegaFace entries relative paths; both are matched on the name without its extension
@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from facerec._quote import quote
 from facerec.data.megaface import (FeatureFileError, parse_matio, feature_file_path, read_noise_list,
                                    read_template_list)
 
@@ -66,7 +67,7 @@ class PackedFeatures:
 
     def __getitem__(self, sl: slice) -> np.ndarray:
         if not isinstance(sl, slice) or sl.step not in (None, 1):
-            raise TypeError(f"PackedFeatures supports contiguous row slices only, got {sl!r}")
+            raise TypeError(f"PackedFeatures supports contiguous row slices only, got {quote(sl)}")
         a, b, _ = sl.indices(self.shape[0])
         n = max(0, b - a)
         row = self.shape[1] * self.dtype.itemsize

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from facerec._quote import quote
 from .registry import PAPER_TABLE2_MADDS
 
 __all__ = ["LayerCost", "Complexity", "count_complexity", "stage_of", "format_stage_table",
@@ -135,7 +136,7 @@ def count_complexity(model: nn.Module, input_size: Optional[Sequence[int]] = Non
     """
     size = tuple(int(v) for v in (input_size if input_size is not None else model.input_size))
     if len(size) != 2:
-        raise ValueError(f"input_size must be (H, W), got {input_size!r}")
+        raise ValueError(f"input_size must be (H, W), got {quote(input_size)}")
     result = Complexity(input_size=size)  # type: ignore[arg-type]
     seen: Dict[int, LayerCost] = {}
     handles = []
@@ -175,13 +176,13 @@ def count_complexity(model: nn.Module, input_size: Optional[Sequence[int]] = Non
         handles.append(module.register_forward_hook(hook(name)))
     # paper-style: a paper generator makes its m filters per sample (counted through its children's hooks),
     # whatever execution path the layer would pick (the structured path never materialises them)
-    paths = [(m, m.paper_path) for m in model.modules()
-             if type(m).__name__ == "DRConv2d" and getattr(m, "paper_path", None) not in (None, "gather")]
+    paths = [(m, m.path) for m in model.modules()
+             if type(m).__name__ == "DRConv2d" and m.generator == "paper" and m.path != "gather"]
     was_training = model.training
     model.eval()
     try:
         for module, _ in paths:
-            module.paper_path = "gather"
+            module.path = "gather"
         with torch.no_grad():
             param = next(model.parameters())
             model(torch.zeros(1, 3, *size, dtype=param.dtype, device=param.device))
@@ -189,7 +190,7 @@ def count_complexity(model: nn.Module, input_size: Optional[Sequence[int]] = Non
         for handle in handles:
             handle.remove()
         for module, path in paths:
-            module.paper_path = path
+            module.path = path
         model.train(was_training)
     return result
 

@@ -1,8 +1,8 @@
 """Margin classification heads for face recognition, computed in fp32 even under autocast.
 
 * AM-Softmax (Wang et al. 2018, "Additive Margin Softmax"): logits = s * (cos(theta_j) - m * [j = y]),
-  defaults s = 30, m = 0.35 (the DRConv paper's loss, section 4.2; defaults as TreB1eN / face.evoLVe, see
-  ../shared/specs/face-pipelines-survey.md section 4.4).
+  defaults s = 30, m = 0.35 (the DRConv paper's loss, section 4.2; the defaults of the TreB1eN and face.evoLVe
+  implementations).
 * CosFace (Wang et al. 2018, "Large Margin Cosine Loss"): the same formula, its paper's s = 64, m = 0.35.
 * ArcFace (Deng et al. 2019): logits = s * cos(theta_y + m) for the target, s = 64, m = 0.5; where
   theta_y + m > pi the target logit falls back to s * (cos(theta_y) - m * sin(m)) so it stays monotonic
@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from facerec._quote import quote
+
 __all__ = ["MarginHead", "AMSoftmax", "CosFace", "ArcFace", "create_head", "list_heads"]
 
 
@@ -33,11 +35,11 @@ class MarginHead(nn.Module):
         super().__init__()
         for key, value in (("embedding_size", embedding_size), ("num_classes", num_classes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+                raise ValueError(f"{key} must be a positive int, got {quote(value)}")
         if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale!r}")
+            raise ValueError(f"scale must be > 0, got {quote(scale)}")
         if not 0 <= margin < math.pi / 2:
-            raise ValueError(f"margin must be in [0, pi/2), got {margin!r}")
+            raise ValueError(f"margin must be in [0, pi/2), got {quote(margin)}")
         self.embedding_size = embedding_size
         self.num_classes = num_classes
         self.scale = float(scale)
@@ -133,13 +135,14 @@ def create_head(name: str, embedding_size: int, num_classes: int, **kw: Any) -> 
     if key == "amsoftmax":
         key = "am_softmax"
     if key not in _HEADS:
-        raise ValueError(f"unknown head {name!r}; valid: {', '.join(_HEADS)}")
+        raise ValueError(f"unknown head {quote(name)}; valid: {', '.join(_HEADS)}")
     for short, long in (("s", "scale"), ("m", "margin")):
         if short in kw:
             if long in kw:
-                raise TypeError(f"give either {short!r} or {long!r}, not both")
+                raise TypeError(f"give either {quote(short)} or {quote(long)}, not both")
             kw[long] = kw.pop(short)
     unknown = set(kw) - {"scale", "margin"}
     if unknown:
-        raise TypeError(f"unexpected keyword(s) {sorted(unknown)} for head {name!r}; allowed: scale, margin")
+        raise TypeError(f"unexpected keyword(s) {quote(sorted(unknown))} for head {quote(name)}; "
+                        "allowed: scale, margin")
     return _HEADS[key](embedding_size, num_classes, **kw)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from facerec._quote import quote, shorten
 from facerec.config import ModelConfig, config_from_dict
 
 from .registry import create_model
@@ -54,7 +55,7 @@ def read_backbone_state(path: str | Path, map_location: Any = "cpu") -> tuple[Mo
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "model" not in state:
         keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a facerec checkpoint: expected a dict with 'config' and 'model', "
-                         f"got {keys}")
+                         f"got {quote(keys)}")
     try:
         cfg = config_from_dict(state["config"])
     except (TypeError, ValueError) as exc:
@@ -82,7 +83,8 @@ def load_backbone(path: str | Path, map_location: Any = "cpu") -> nn.Module:
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path}: weights do not fit model {model_cfg.name!r}: {exc}") from exc
+        raise ValueError(f"checkpoint {path}: weights do not fit model {quote(model_cfg.name)}: "
+                         f"{shorten(str(exc))}") from exc
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval()

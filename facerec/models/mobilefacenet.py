@@ -1,6 +1,6 @@
 """MobileFaceNet (Chen et al., "MobileFaceNets", CCBR 2018) with a choice of bottleneck 1x1 convolution.
 
-Follows the layer table of ../shared/specs/face-pipelines-survey.md section 4.1 (the paper's Table 1):
+Follows the layer table of the MobileFaceNet paper (Chen et al. 2018, Table 1), as the public implementations build it:
 
     conv3x3 s2 64 -> depthwise 3x3 64 -> bottlenecks (t, c, n, s) = (2,64,5,2), (4,128,1,2), (2,128,6,1),
     (4,128,1,2), (2,128,2,1) -> conv1x1 512 -> linear GDConv (7x7 at 112x112, 7x6 at 112x96)
@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from facerec._quote import quote
 from facerec.nn import GuideConv, PointwiseFactory, pointwise_factory
 
 __all__ = [
@@ -92,7 +93,7 @@ class Bottleneck(nn.Module):
                  shared_guide: bool = False) -> None:
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+            raise ValueError(f"stride must be 1 or 2, got {quote(stride)}")
         hidden = in_channels * expansion
         expand_factory, project_factory = _factory(expand), _factory(project)
         output_size = _conv_out(input_size, stride)
@@ -164,9 +165,9 @@ class MobileFaceNet(nn.Module):
         super().__init__()
         size = tuple(int(v) for v in input_size) if isinstance(input_size, (tuple, list)) else None
         if size not in INPUT_SIZES:
-            raise ValueError(f"input_size must be one of {list(INPUT_SIZES)}, got {input_size!r}")
+            raise ValueError(f"input_size must be one of {list(INPUT_SIZES)}, got {quote(input_size)}")
         if not isinstance(embedding_size, int) or isinstance(embedding_size, bool) or embedding_size < 1:
-            raise ValueError(f"embedding_size must be a positive int, got {embedding_size!r}")
+            raise ValueError(f"embedding_size must be a positive int, got {quote(embedding_size)}")
         factories = self._factories(pointwise, pointwise_kwargs)
         self.input_size = size
         self.embedding_size = embedding_size
@@ -211,7 +212,7 @@ class MobileFaceNet(nn.Module):
         if isinstance(pointwise, (list, tuple)) and len(pointwise) == count:
             return [_factory(p) for p in pointwise]
         raise ValueError(f"pointwise must be a kind name, a PointwiseFactory or a sequence of {count} of them, "
-                         f"got {pointwise!r}")
+                         f"got {quote(pointwise)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, 3, H, W) RGB, normalised -> embedding (B, embedding_size)."""

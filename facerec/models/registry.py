@@ -39,6 +39,7 @@ from typing import Any, Callable, Dict, List
 
 import torch.nn as nn
 
+from facerec._quote import quote
 from facerec.nn import pointwise_factory
 
 from .mobilefacenet import MOBILEFACENET_SETTINGS, MobileFaceNet
@@ -66,7 +67,7 @@ def _take_common(kw: Dict[str, Any]) -> Dict[str, Any]:
 
 def _reject_rest(name: str, kw: Dict[str, Any], allowed: List[str]) -> None:
     if kw:
-        raise TypeError(f"{name}: unexpected keyword(s) {sorted(kw)}; allowed: "
+        raise TypeError(f"{name}: unexpected keyword(s) {quote(sorted(kw))}; allowed: "
                         f"{', '.join(['input_size', 'embedding_size'] + allowed)}")
 
 
@@ -97,7 +98,7 @@ def _local_mobilefacenet(**kw: Any) -> nn.Module:
     _reject_rest("local_mobilefacenet", kw, ["local_layers"])
     if not isinstance(local_layers, int) or isinstance(local_layers, bool) or not 0 <= local_layers <= 5:
         raise ValueError(f"local_layers must be an int in [0, 5] (the 1x1 layers at the final grid), "
-                         f"got {local_layers!r}")
+                         f"got {quote(local_layers)}")
     kinds = ["standard"] * (_NUM_POINTWISE - local_layers) + ["local"] * local_layers
     return MobileFaceNet(pointwise=kinds, **common)
 
@@ -124,5 +125,5 @@ def create_model(name: str, **kw: Any) -> nn.Module:
     local: ``local_layers`` (3). An unknown name raises ValueError listing the valid ones.
     """
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid: {', '.join(_MODELS)}")
+        raise ValueError(f"unknown model {quote(name)}; valid: {', '.join(_MODELS)}")
     return _MODELS[name](**kw)

@@ -1,7 +1,7 @@
 """Optimizer parameter groups for the MobileFaceNet paper's weight decay (Chen et al. 2018, section 4.1).
 
 The paper: weight decay 4e-5, except 4e-4 for the layers after the global operator (GDConv) and the
-classifier (../shared/specs/face-pipelines-survey.md section 4.3). Our reading, explicit:
+classifier. Our reading, explicit:
 
 * ``late`` group, ``wd_late`` (4e-4): the weights of the backbone's modules listed in its
   ``late_module_names`` (MobileFaceNet: ``embedding``, the linear 1x1 conv after the GDConv) and the head's
@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
 
+from facerec._quote import quote
+
 __all__ = ["param_groups"]
 
 _NO_DECAY_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
@@ -37,7 +39,7 @@ def param_groups(backbone: nn.Module, head: Optional[nn.Module] = None, wd: floa
     """
     for key, value in (("wd", wd), ("wd_late", wd_late)):
         if not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{key} must be a number >= 0, got {value!r}")
+            raise ValueError(f"{key} must be a number >= 0, got {quote(value)}")
     late_prefixes = tuple(getattr(backbone, "late_module_names", ()))
     groups: Dict[str, List[nn.Parameter]] = {"decay": [], "late": [], "no_decay": []}
     seen = set()

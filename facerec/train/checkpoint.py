@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facerec._quote import quote
 from facerec.models.loading import load_backbone, read_torch_file  # load_backbone re-exported
 
 __all__ = [
@@ -113,9 +114,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not isinstance(state, dict) or any(k not in state for k in _REQUIRED):
         keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a facerec checkpoint: expected a dict with keys "
-                         f"{list(_REQUIRED)}, got {keys}")
+                         f"{list(_REQUIRED)}, got {quote(keys)}")
     if state["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path} has format_version {state['format_version']!r}; this "
+        raise ValueError(f"checkpoint {path} has format_version {quote(state['format_version'])}; this "
                          f"facerec reads version {FORMAT_VERSION}")
     return state
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from facerec._quote import quote
 from facerec.config import Config, config_from_dict, config_to_dict, save_config
 from facerec.train import builders
 from facerec.train.checkpoint import (
@@ -116,7 +117,7 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict) and key not in ("options", "synthetic_options"):
             out += _config_diff(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+            out.append(f"{prefix}{key}: {quote(a)} -> {quote(b)}")
     return out
 
 

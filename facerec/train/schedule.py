@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 
+from facerec._quote import quote
 from facerec.config import OptimConfig, ScheduleConfig
 
 __all__ = ["base_lr", "lr_at"]
@@ -36,7 +37,7 @@ def lr_at(step: int, schedule: ScheduleConfig, optim: OptimConfig, batch_size: i
         the first ``warmup_steps`` steps.
     """
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
+        raise ValueError(f"step must be a non-negative int, got {quote(step)}")
     lr = base_lr(optim, batch_size) * schedule.gamma ** bisect.bisect_right(schedule.milestones, step)
     if step < schedule.warmup_steps:
         lr *= (step + 1) / schedule.warmup_steps

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facerec._quote import quote
 from facerec.viz.masks import MaskLayer, LayerSpec, capture_masks, overlay_mask, region_areas, select_layers
 from facerec.viz.palette import MAX_REGIONS, PALETTE, PALETTE_HEX, PALETTE_NAMES
 
@@ -91,9 +92,9 @@ def compose_grid(
     """
     _check_inputs(images, masks)
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be a positive int, got {scale!r}")
+        raise ValueError(f"scale must be a positive int, got {quote(scale)}")
     if isinstance(gap, bool) or not isinstance(gap, int) or gap < 0:
-        raise ValueError(f"gap must be a non-negative int, got {gap!r}")
+        raise ValueError(f"gap must be a non-negative int, got {quote(gap)}")
     n, h, w, _ = images.shape
     out = np.full(grid_pixel_size(n, len(masks), (h, w), scale, gap) + (3,), background, dtype=np.uint8)
     ch, cw = h * scale, w * scale
@@ -172,12 +173,12 @@ def save_mask_figure(
     _check_inputs(images, masks)
     formats = _check_formats(formats)
     if isinstance(dpi, bool) or not isinstance(dpi, int) or not 10 <= dpi <= 2400:
-        raise ValueError(f"dpi must be an int in 10..2400, got {dpi!r}")
+        raise ValueError(f"dpi must be an int in 10..2400, got {quote(dpi)}")
     if len(layers) != len(masks):
         raise ValueError(f"got {len(masks)} mask arrays for {len(layers)} layers")
     _check_palette(layers)
     if not cell_inches > 0:
-        raise ValueError(f"cell_inches must be positive, got {cell_inches!r}")
+        raise ValueError(f"cell_inches must be positive, got {quote(cell_inches)}")
     if names is not None and len(names) != len(images):
         raise ValueError(f"got {len(names)} names for {len(images)} images")
     n, h, w, _ = images.shape
@@ -224,7 +225,7 @@ def save_mask_figure(
 def _check_palette(layers: Sequence[MaskLayer]) -> None:
     for layer in layers:
         if layer.regions > MAX_REGIONS:
-            raise ValueError(f"layer {layer.name!r} has {layer.regions} regions; the region palette has "
+            raise ValueError(f"layer {quote(layer.name)} has {layer.regions} regions; the region palette has "
                              f"{MAX_REGIONS} colours, so only layers with m <= {MAX_REGIONS} can be drawn "
                              "(capture_masks still returns its masks)")
 
@@ -236,7 +237,7 @@ def _check_formats(formats: Union[str, Sequence[str]]) -> tuple[str, ...]:
     for fmt in formats:
         key = str(fmt).lower().lstrip(".")
         if key not in FIGURE_FORMATS:
-            raise ValueError(f"unknown figure format {fmt!r}; valid formats: {', '.join(FIGURE_FORMATS)}")
+            raise ValueError(f"unknown figure format {quote(fmt)}; valid formats: {', '.join(FIGURE_FORMATS)}")
         if key not in out:
             out.append(key)
     return tuple(out)

@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from facerec._quote import quote
 from facerec.data.codec import IMAGE_SUFFIXES as IMAGE_EXTENSIONS
 from facerec.data.codec import read_rgb as read_image_file
 
@@ -157,7 +158,7 @@ def load_images(
     if not paths:
         raise ValueError("no image paths given")
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
+        raise ValueError(f"max_images must be a positive int or None, got {quote(max_images)}")
     limit = max_images if max_images is not None else float("inf")
     faces, names, notes = [], [], []
     resized, aligned, no_face = [], [], []

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facerec._quote import quote
 from facerec.nn import guide_modules
 from facerec.viz.palette import MAX_REGIONS, PALETTE
 
@@ -82,7 +83,7 @@ def _resolve_one(item: Union[str, int, MaskLayer], layers: list[MaskLayer]) -> M
         for layer in layers:
             if layer.name == item.name:
                 return layer
-        raise ValueError(f"layer {item.name!r} is not a DRConv layer of this model")
+        raise ValueError(f"layer {quote(item.name)} is not a DRConv layer of this model")
     if isinstance(item, str) and re.fullmatch(r"\s*-?\d+\s*", item):
         item = int(item)
     if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
@@ -98,8 +99,8 @@ def _resolve_one(item: Union[str, int, MaskLayer], layers: list[MaskLayer]) -> M
             if key in (layer.name, layer.label):
                 return layer
         shown = ", ".join(layer.label for layer in layers[:12]) + (", ..." if len(layers) > 12 else "")
-        raise ValueError(f"unknown DRConv layer {item!r}; valid names: {shown} (or an index, or 'all')")
-    raise TypeError(f"a layer is given by name (str) or index (int), got {type(item).__name__} {item!r}")
+        raise ValueError(f"unknown DRConv layer {quote(item)}; valid names: {shown} (or an index, or 'all')")
+    raise TypeError(f"a layer is given by name (str) or index (int), got {type(item).__name__} {quote(item)}")
 
 
 def select_layers(model: nn.Module, layers: LayerSpec = "all") -> list[MaskLayer]:
@@ -128,7 +129,7 @@ def select_layers(model: nn.Module, layers: LayerSpec = "all") -> list[MaskLayer
     else:
         items = list(layers)
     if not items:
-        raise ValueError(f"empty layer selection {layers!r}; give names, indices or 'all'")
+        raise ValueError(f"empty layer selection {quote(layers)}; give names, indices or 'all'")
     chosen: list[MaskLayer] = []
     for item in items:
         layer = _resolve_one(item, available)
@@ -226,7 +227,7 @@ def capture_masks(
         (int32 when m > 256), (Ho, Wo) the resolution of the layer's guided feature.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        raise ValueError(f"batch_size must be a positive int, got {quote(batch_size)}")
     chosen = select_layers(model, layers)
     inputs = _to_input(images, normalize)
     if inputs.shape[0] == 0:
@@ -264,7 +265,7 @@ def mask_shapes(
     Runs one zero image (1, 3, H, W) through the model with the hooks on.
     """
     if len(input_size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in input_size):
-        raise ValueError(f"input_size must be (H, W) with positive ints, got {input_size!r}")
+        raise ValueError(f"input_size must be (H, W) with positive ints, got {quote(input_size)}")
     chosen = select_layers(model, layers)
     zeros = torch.zeros(1, 3, *input_size, dtype=next(model.parameters()).dtype)
     masks = capture_masks(model, zeros, chosen)

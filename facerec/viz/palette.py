@@ -20,6 +20,8 @@ Sources of the colours:
 """
 import numpy as np
 
+from facerec._quote import quote
+
 __all__ = ["PALETTE", "PALETTE_HEX", "PALETTE_NAMES", "MAX_REGIONS", "palette_rgb"]
 
 _COLOURS = (
@@ -61,7 +63,7 @@ def palette_rgb(regions: int) -> np.ndarray:
         ValueError: m outside 1..16 (the palette has 16 colours).
     """
     if isinstance(regions, bool) or not isinstance(regions, (int, np.integer)):
-        raise TypeError(f"regions must be an int, got {type(regions).__name__} {regions!r}")
+        raise TypeError(f"regions must be an int, got {type(regions).__name__} {quote(regions)}")
     if not 1 <= regions <= MAX_REGIONS:
         raise ValueError(f"regions must be in 1..{MAX_REGIONS} (the palette has {MAX_REGIONS} colours), got {regions}")
     return PALETTE[:regions]

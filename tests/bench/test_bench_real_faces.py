@@ -1,6 +1,5 @@
 """Tests of benchmarks/real_faces.py (the real-faces-323 study): val protocol, metrics, table, and a smoke run on a
 few real identities from ../shared/data/real-faces-323 (skipped when ../shared is absent)."""
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -8,15 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "real_faces.py"
-
 
 @pytest.fixture(scope="module")
-def rf():
-    spec = importlib.util.spec_from_file_location("bench_real_faces", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def rf(load_script):
+    return load_script("benchmarks/real_faces.py")
 
 
 def test_val_protocol_is_deterministic_complete_and_balanced(rf):

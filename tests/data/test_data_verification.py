@@ -72,7 +72,7 @@ def test_bad_bin_files(tmp_path):
     with pytest.raises(ValueError, match=r"odd\.bin: 3 images for 1 pairs"):
         read_bin(tmp_path / "odd.bin")
     (tmp_path / "undecodable.bin").write_bytes(pickle.dumps(([b"a", b"b"], [True])))
-    with pytest.raises(ValueError, match=r"undecodable\.bin: image 0 \(pair 0\) is not decodable"):
+    with pytest.raises(ValueError, match=r"undecodable\.bin: image 0 \(pair 0\): not a decodable image \(1 bytes\)"):
         read_bin(tmp_path / "undecodable.bin")
     with pytest.raises(FileNotFoundError, match="missing.bin"):
         read_bin(tmp_path / "missing.bin")

@@ -34,6 +34,15 @@ def test_bad_override_is_a_clear_error(capsys):
     assert "schedule.total_steps" in capsys.readouterr().err
 
 
+# What the quick demo must show: that training learns. Chance is 0.5 for the balanced verification pairs and
+# 1 / (distractors + 1) for rank-1. Measured with the quick demo over training seeds 0, 1, 2 (2-core CPU, torch
+# 2.13.0): trained, verification 0.80 / 0.84 / 0.89 and rank-1 0.18 / 0.27 / 0.28; the same runs without
+# learning (--set optim.lr=1.0e-12, what a broken backward leaves) 0.68 / 0.63 / 0.68 and 0.07 / 0.08 / 0.07:
+# random-init features already beat chance on this set. The bounds sit halfway between the two.
+ACC_MARGIN = 0.24      # accuracy >= 0.74
+RANK1_MARGIN = 0.12    # rank-1 >= 0.121 at 1,000 distractors
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -42,9 +51,10 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     assert rc == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 30
-    assert 0.0 <= summary["verification"]["synth_val_acc"] <= 1.0
-    assert summary["megaface"]["num_distractors"] == 1000
-    assert 0.0 <= summary["megaface"]["rank1"] <= 1.0
+    assert summary["verification"]["synth_val_acc"] >= 0.5 + ACC_MARGIN, summary["verification"]
+    mf = summary["megaface"]
+    assert mf["num_distractors"] == 1000 and mf["num_trials"] == 6 * 5 * 4
+    assert mf["rank1"] >= 1 / (mf["num_distractors"] + 1) + RANK1_MARGIN, mf
     assert Path(summary["mask_figure"]).is_file()
     assert "| total |" in capsys.readouterr().out
 

@@ -1,4 +1,4 @@
-"""MegaFace scoring rules on tiny hand-computable cases (specs/megaface-protocol.md sections 4-6)."""
+"""MegaFace scoring rules on tiny hand-computable cases (protocol: docs/megaface.md)."""
 import numpy as np
 import pytest
 

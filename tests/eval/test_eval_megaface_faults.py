@@ -1,79 +1,23 @@
 """A disk that fills up while MegaFace features are written: every file already written stays complete, no
 partial or temporary file is left, the error says where a rerun resumes, and the rerun finishes the job
 with results identical to an undisturbed run (only the unfinished chunks are recomputed)."""
-import builtins
 import errno
 
-import cv2
 import numpy as np
 import pytest
-import torch
 
 from facerec.data import megaface as megaface_data
 from facerec.data.megaface import read_matio_vector
 from facerec.eval import megaface_extract
-from facerec.eval.features import ModelFeatureExtractor
 from facerec.eval.megaface_extract import extract_list
 
 PATHS = [f"P_{k}/P_{k}_{j}.png" for k in range(3) for j in range(3)]  # 9 images, chunks of 4: 4 + 4 + 1
 
 
-class _Disk:
-    """Stand-in for ``open`` with a capacity: writes beyond it fail with ENOSPC (reads pass through)."""
-
-    def __init__(self, capacity):
-        self.left = capacity
-
-    def __call__(self, path, mode="r", *args, **kw):
-        f = builtins.open(path, mode, *args, **kw)
-        return f if "w" not in mode else _FullFile(f, self)
-
-
-class _FullFile:
-    def __init__(self, f, disk):
-        self._f, self._disk = f, disk
-
-    def write(self, data):
-        data = bytes(data)
-        if len(data) > self._disk.left:
-            self._f.write(data[:self._disk.left])
-            self._disk.left = 0
-            raise OSError(errno.ENOSPC, "No space left on device")
-        self._disk.left -= len(data)
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 6, 5, stride=4)
-
-    def forward(self, x):
-        return self.conv(x).mean((2, 3))
-
-
 @pytest.fixture
-def setup(tmp_path):
-    rng = np.random.default_rng(0)
-    for p in PATHS:
-        (tmp_path / "img" / p).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(tmp_path / "img" / p), rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
-    base = ModelFeatureExtractor(_Tiny())
-    calls = []
-
-    def ext(images):
-        calls.append(len(images))
-        return base(images)
+def setup(tmp_path, write_images, counting_extractor):
+    write_images(tmp_path / "img", PATHS)
+    ext, calls = counting_extractor
 
     def run(out, fmt, **kw):
         return extract_list(ext, tmp_path / "img", PATHS, out, fmt=fmt, suffix="_t.bin", batch_size=4,
@@ -89,10 +33,10 @@ def _leftovers(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp" in p.name)
 
 
-def test_disk_full_during_matio_feature_write(setup, monkeypatch):
+def test_disk_full_during_matio_feature_write(setup, monkeypatch, full_disk):
     tmp_path, run, calls, reference = setup
     out = tmp_path / "tree"
-    monkeypatch.setattr(megaface_data, "open", _Disk(5 * 40 + 20), raising=False)  # 5 files of 40 bytes fit
+    monkeypatch.setattr(megaface_data, "open", full_disk(5 * 40 + 20), raising=False)  # 5 files of 40 bytes fit
     with pytest.raises(OSError, match=r"chunk 1 \(list entries 4\.\.7\).*1 finished chunks kept.*resume from "
                                       r"chunk 1") as info:
         run(out, "matio")
@@ -109,10 +53,10 @@ def test_disk_full_during_matio_feature_write(setup, monkeypatch):
     np.testing.assert_array_equal(tree, reference)
 
 
-def test_disk_full_during_packed_part_write(setup, monkeypatch):
+def test_disk_full_during_packed_part_write(setup, monkeypatch, full_disk):
     tmp_path, run, calls, reference = setup
     out = tmp_path / "f.npy"
-    monkeypatch.setattr(megaface_extract, "open", _Disk(300), raising=False)  # part 0 (224 bytes) fits
+    monkeypatch.setattr(megaface_extract, "open", full_disk(300), raising=False)  # part 0 (224 bytes) fits
     with pytest.raises(OSError, match=r"chunk 1 .*resume from chunk 1"):
         run(out, "npy")
     monkeypatch.undo()
@@ -127,10 +71,10 @@ def test_disk_full_during_packed_part_write(setup, monkeypatch):
     assert not parts.exists()
 
 
-def test_disk_full_while_joining_parts(setup, monkeypatch):
+def test_disk_full_while_joining_parts(setup, monkeypatch, full_disk):
     tmp_path, run, calls, reference = setup
     out = tmp_path / "f.npy"
-    monkeypatch.setattr(megaface_extract, "open", _Disk(700), raising=False)  # parts: 600 bytes, join: 344
+    monkeypatch.setattr(megaface_extract, "open", full_disk(700), raising=False)  # parts: 600 bytes, join: 344
     with pytest.raises(OSError, match=r"could not write .*f\.npy from its parts.*are kept"):
         run(out, "npy")
     monkeypatch.undo()

@@ -3,12 +3,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import eval_megaface
 from facerec.data.megaface import (FeatureFileError, read_matio_vector, write_feature_tree, write_matio,
                                    write_noise_list, write_template_list)
-from facerec.eval.features import ModelFeatureExtractor
 from facerec.eval.megaface_extract import extract_list
 from facerec.eval.megaface_io import PackedFeatures, match_noise, score_files
 
@@ -90,35 +88,10 @@ def test_noise_matching_ignores_extension_and_spaces():
     assert mask.tolist() == [True, False] and rep["unmatched_entries"] == 1
 
 
-class _Tiny(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 6, 5, stride=4)
-
-    def forward(self, x):
-        return self.conv(x).mean((2, 3))
-
-
-def _write_images(root, paths, seed=0):
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    for p in paths:
-        (root / p).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / p), rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
-
-
-def test_extract_list_matio_and_npy_agree_and_resume(tmp_path):
+def test_extract_list_matio_and_npy_agree_and_resume(tmp_path, write_images, counting_extractor):
     paths = [f"P_{k}/P_{k}_{j}.png" for k in range(3) for j in range(3)]
-    _write_images(tmp_path / "img", paths)
-    calls = []
-    model = _Tiny()
-    base = ModelFeatureExtractor(model)
-
-    def ext(images):
-        calls.append(len(images))
-        return base(images)
+    write_images(tmp_path / "img", paths)
+    ext, calls = counting_extractor
 
     extract_list(ext, tmp_path / "img", paths, tmp_path / "tree", fmt="matio", suffix="_t.bin", batch_size=4,
                  chunk_size=4, progress=False)

@@ -1,6 +1,5 @@
 """Faults while a checkpoint is written: a process killed mid-write and a disk that fills up. The last
 good checkpoint must stay usable, the failure must be reported clearly, and resume must pick that checkpoint."""
-import errno
 import logging
 import os
 import signal
@@ -22,30 +21,6 @@ def _state(step):
     g = torch.Generator().manual_seed(step)
     return {"format_version": ckpt_mod.FORMAT_VERSION, "step": step, "config": {"name": "t"},
             "model": {"w": torch.randn(64, 64, generator=g)}}
-
-
-class _FillingDisk:
-    """A file whose writes fail with ENOSPC once ``limit`` bytes are written (the first part does land)."""
-
-    def __init__(self, path, mode, limit):
-        self._f = open(path, mode)
-        self._limit = limit
-
-    def write(self, data):
-        room = self._limit - self._f.tell()
-        if len(data) > room:
-            self._f.write(bytes(data)[:max(room, 0)])
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
 
 
 _KILL_SCRIPT = r"""
@@ -87,10 +62,10 @@ def test_killed_while_writing_leaves_last_checkpoint_and_resumes_from_it(tmp_pat
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000001.pt", "ckpt_00000003.pt"]
 
 
-def test_disk_full_during_checkpoint_keeps_last_good_and_says_so(tmp_path, monkeypatch, caplog):
+def test_disk_full_during_checkpoint_keeps_last_good_and_says_so(tmp_path, monkeypatch, caplog, full_disk):
     first = save_checkpoint(_state(1), tmp_path, 1, keep=1)
     good_bytes = first.read_bytes()
-    monkeypatch.setattr(ckpt_mod, "open", lambda p, m: _FillingDisk(p, m, limit=5000), raising=False)
+    monkeypatch.setattr(ckpt_mod, "open", full_disk(5000), raising=False)
     with pytest.raises(CheckpointWriteError) as info:
         save_checkpoint(_state(2), tmp_path, 2, keep=1)  # keep=1 would prune step 1 after a success
     msg = str(info.value)
@@ -108,8 +83,8 @@ def test_disk_full_during_checkpoint_keeps_last_good_and_says_so(tmp_path, monke
     assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt_00000002.pt"]
 
 
-def test_disk_full_on_first_checkpoint_says_there_is_none(tmp_path, monkeypatch):
-    monkeypatch.setattr(ckpt_mod, "open", lambda p, m: _FillingDisk(p, m, limit=100), raising=False)
+def test_disk_full_on_first_checkpoint_says_there_is_none(tmp_path, monkeypatch, full_disk):
+    monkeypatch.setattr(ckpt_mod, "open", full_disk(100), raising=False)
     with pytest.raises(CheckpointWriteError, match="There is no earlier checkpoint") as info:
         save_checkpoint(_state(1), tmp_path, 1, keep=2)
     assert info.value.last_good is None and list(tmp_path.iterdir()) == []

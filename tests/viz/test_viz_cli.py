@@ -1,7 +1,5 @@
 """visualize_masks.py and the registry models: real DRConv-MobileFaceNet masks, checkpoints, clear errors."""
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,14 +10,12 @@ from facerec.models import create_model
 from facerec.train.checkpoint import save_checkpoint
 from facerec.viz import capture_masks, find_mask_layers, mask_shapes
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cli():
-    spec = importlib.util.spec_from_file_location("visualize_masks_cli", ROOT / "visualize_masks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+@pytest.fixture
+def cli_main(load_script):
+    """``main`` of the checkout's visualize_masks.py (the script, not the console entry point)."""
+    return load_script("visualize_masks.py").main
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +50,9 @@ def test_models_without_drconv_error(name):
         find_mask_layers(create_model(name))
 
 
-def test_cli_list_layers(tmp_path, drconv, capsys):
+def test_cli_list_layers(tmp_path, drconv, capsys, cli_main):
     ckpt = _checkpoint(tmp_path, "drconv_mobilefacenet", drconv)
-    assert _cli()(["--checkpoint", str(ckpt), "--list-layers"]) == 0
+    assert cli_main(["--checkpoint", str(ckpt), "--list-layers"]) == 0
     listing = capsys.readouterr().out.splitlines()
     shapes = [f"{h}x{w}" for _, (h, w) in mask_shapes(drconv, (112, 112))]
     rows = [line.split() for line in listing[2:]]
@@ -65,9 +61,9 @@ def test_cli_list_layers(tmp_path, drconv, capsys):
 
 
 @pytest.mark.slow
-def test_cli_figure_from_checkpoint(tmp_path, drconv, capsys):
+def test_cli_figure_from_checkpoint(tmp_path, drconv, capsys, cli_main):
     ckpt = _checkpoint(tmp_path, "drconv_mobilefacenet", drconv)
-    main = _cli()
+    main = cli_main
     folder = tmp_path / "orl_like"
     folder.mkdir()
     for i in range(2):
@@ -83,8 +79,8 @@ def test_cli_figure_from_checkpoint(tmp_path, drconv, capsys):
     assert np.load(out / "masks" / "L14_stages.4.1.npy").shape == (2, 7, 7)
 
 
-def test_cli_errors_name_the_problem(tmp_path, capsys):
-    main = _cli()
+def test_cli_errors_name_the_problem(tmp_path, capsys, cli_main):
+    main = cli_main
     plain = _checkpoint(tmp_path, "mobilefacenet", create_model("mobilefacenet"))
     assert main(["--checkpoint", str(plain), "--list-layers"]) == 2
     assert "without DRConv layers" in capsys.readouterr().err
