@@ -3,7 +3,8 @@
 Times forward and forward+backward (input requires grad, loss = sum of output * fixed grad) of
 * conv: nn.Conv2d(C, O, 1, bias=False), the baseline every ratio divides by;
 * DRConv2d generator="paper" (guide + generator + region_conv2d);
-* DRConv2d generator="basis" with basis_path "gather", "dense" and "auto" (what the layer picks);
+* DRConv2d generator="basis" with path "gather", the dense form ("dense_pointwise" for C <= O, else
+  "dense_mix") and "auto" (what the layer picks);
 * all-m: the "compute all m outputs and select" baseline (paper generator, per-sample grouped conv giving
   the m outputs, one-hot select, softmax straight-through for the guide), as the unofficial public code does.
 
@@ -13,7 +14,7 @@ Usage:
     [--threads 2] [--clock wall|cpu]
 Each layer is timed in interleaved rounds and the fastest round counts (robust on a shared machine).
 Prints a markdown table (milliseconds for conv, ratios for the rest) and the FLOP floor of the
-spec (drconv-implementations.md section 5.2) beside it.
+DRConv implementations survey (section 5.2) beside it.
 """
 from __future__ import annotations
 
@@ -118,13 +119,13 @@ def main() -> None:
     m, r = args.regions, args.num_bases
     variants = [
         ("paper", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="paper")),
-        ("paper gather", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="paper", paper_path="gather")),
+        ("paper gather", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="paper", path="gather")),
         ("basis gather", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="basis", num_bases=r,
-                                                basis_path="gather")),
+                                                path="gather")),
         ("basis dense", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="basis", num_bases=r,
-                                                basis_path="dense")),
+                                                path="dense_pointwise" if c <= o else "dense_mix")),
         ("basis auto", lambda c, o: DRConv2d(c, o, 1, regions=m, generator="basis", num_bases=r,
-                                                basis_path="auto")),
+                                                path="auto")),
     ]
     if not args.skip_all_m:
         variants.append(("all-m", lambda c, o: AllOutputsDRConv(c, o, m)))

@@ -2,7 +2,7 @@
 process, interleaved (best of --repeats after one warm-up), so the machine's drift between processes (10-25% on
 the shared VM) does not enter the comparison.
 
-Arms (``facerec.nn._fused.ENABLED``, ``facerec.nn._onednn.ENABLED`` flipped between rounds):
+Arms (``facerec.nn.settings.override(fused=..., onednn=...)`` between rounds):
 * ``all``: the defaults (fused inference kernel, oneDNN GEMMs);
 * ``no_fused``: inference through the structured / gathered paths (oneDNN GEMMs);
 * ``neither``: also without oneDNN (torch.mm / _grouped_mm, the code before issue 11's third session).
@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from facerec.models import create_model  # noqa: E402
-from facerec.nn import _fused, _onednn  # noqa: E402
+from facerec.nn import settings  # noqa: E402
+from facerec.nn.kernels import fused_cpu  # noqa: E402
 
 ARMS = {"all": (True, True), "no_fused": (False, True), "neither": (False, False)}
 
@@ -63,15 +64,15 @@ def main() -> None:
     for round_ in range(args.repeats + 1):
         for name, model, arms in (("plain", plain, {"-": (True, True)}), ("drconv", drconv, ARMS)):
             for arm, (fused, onednn) in arms.items():
-                _fused.ENABLED, _onednn.ENABLED = fused, onednn
-                for kind, fn in (("inference", infer), ("train", train)):
-                    elapsed = _timed(lambda: fn(model))
-                    if round_:                                      # round 0 warms up (and builds the kernel)
-                        times.setdefault(f"{name} {arm} {kind}", []).append(elapsed)
+                with settings.override(fused=fused, onednn=onednn):
+                    for kind, fn in (("inference", infer), ("train", train)):
+                        elapsed = _timed(lambda: fn(model))
+                        if round_:                                  # round 0 warms up (and builds the kernel)
+                            times.setdefault(f"{name} {arm} {kind}", []).append(elapsed)
     best = {key: min(values) for key, values in times.items()}
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.input_size}, generator "
           f"{args.generator}, best of {args.repeats} (interleaved, one process); fused kernel built: "
-          f"{_fused._module is not None}\n")
+          f"{fused_cpu.built()}\n")
     print("| drconv_mobilefacenet arm | inference ms | inference ratio | fwd+bwd ms | fwd+bwd ratio |")
     print("|---|---:|---:|---:|---:|")
     plain_inf, plain_train = best["plain - inference"], best["plain - train"]

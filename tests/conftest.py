@@ -3,12 +3,17 @@ as modules (benchmarks/, the top-level CLIs), and a disk that fills up."""
 import builtins
 import errno
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+if not torch.cuda.is_available():
+    # The Triton kernels run under Triton's interpreter on CPU tensors; triton reads this once, at its import (the
+    # first custom-op call imports torch._dynamo, which imports triton), so it is set before any test runs.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -2,7 +2,7 @@
 
 A region convolution applies one filter per (sample, region) group of pixel rows: the forward is a grouped
 GEMM ``Y[g] = X[g] @ W[g]`` and the filter gradient the per-group sum of outer products
-``dW[g] = X[g]^T @ dY[g]``. ``GroupPlan`` does both in one of two ways, chosen per shape:
+``dW[g] = X[g]^T @ dY[g]``. ``GroupPlan`` does both in one of three ways (plans), chosen per shape:
 
 * ``"grouped"``: rows sorted by group, one ``torch._grouped_mm`` call (float32 / bfloat16 / float16, aligned).
   On CPU it runs one small ``aten::mm`` per group, i.e. B*m GEMM calls per pass, each with its own dispatch
@@ -11,23 +11,12 @@ GEMM ``Y[g] = X[g] @ W[g]`` and the filter gradient the per-group sum of outer p
   pass whatever B*m. Groups are put in buckets by size (``ceil(log2(rows))``), each bucket padded to its
   longest group, so padding at most doubles the MACs. With one bucket and no empty group the weights are
   used in place (also when the longest group is short, see IN_PLACE_MAX_ROWS); otherwise each bucket gathers
-its groups' weights (one filter-sized copy).
+  its groups' weights (one filter-sized copy).
+* ``"onednn"``: the padded buckets with their groups interleaved, each bucket one grouped oneDNN 1x1 convolution
+  (``facerec.nn._onednn.interleaved_matmul``; CPU float32).
 
-Rule (``choose_strategy``): "padded" when torch runs more than one thread, there are at least
-``PADDED_MIN_GROUPS`` groups (B*m) and the mean group holds at most ``PADDED_MAX_MEAN_ROWS`` rows (outputs of
-<= 28x28 with m = 8 regions); also whenever the dtype or sizes rule out ``torch._grouped_mm`` (float64).
-"grouped" otherwise. Why, measured on this project's 2-core AMD VM (B = 32, m = 8, MKL; region_conv2d
-alone, forward / forward+backward):
-
-* 1 thread (CPU time): "grouped" is the faster at every MobileFaceNet shape (7x7 to 56x56): padded costs
-  5-40% more per training step and 1.2-2.6x in the forward (padding, and a filter-sized weight gather when
-  group sizes vary). With one thread a per-group ``aten::mm`` costs only its dispatch.
-* 2 threads on the shared machine (wall clock, default OpenMP wait policy): every per-group GEMM opens an
-  OpenMP parallel region, and with the cores oversubscribed some of the 256 barriers per pass stall:
-  single passes of "grouped" took 1.4-6 s (e.g. 128->512 @14x14 forward: 6056 ms vs 43 ms padded;
-  64->128 @28x28 training step: 4144 ms vs 472 ms). "padded" makes a handful of calls per pass.
-* Few groups (< 64) or large ones (56x56: ~392 rows each): per-call costs are amortised and
-  ``_grouped_mm`` does the exact MACs (padding may double them), so "grouped".
+Which plan runs is chosen by ``facerec.nn.paths.group_plan`` (the rule and the measurements behind it).
+``grouped_mm_ok`` is the one place that says where ``torch._grouped_mm`` may be called.
 
 Shapes: rows (N, K) in ORIGINAL row order (the plan permutes internally); group (N,) int64 in [0, G);
 weights (G, K, M). Results come back in original row order.
@@ -39,19 +28,22 @@ from torch import Tensor
 
 from facerec.nn import _onednn
 
-__all__ = ["GroupPlan", "choose_strategy", "ONEDNN_MIN_MEAN_ROWS", "PADDED_MAX_MEAN_ROWS", "PADDED_MIN_GROUPS",
-           "STRATEGIES"]
+__all__ = ["GroupPlan", "grouped_mm_ok", "IN_PLACE_MAX_ROWS"]
 
-STRATEGIES = ("auto", "grouped", "padded", "onednn")
-PADDED_MAX_MEAN_ROWS = 128
-PADDED_MIN_GROUPS = 64
 IN_PLACE_MAX_ROWS = 32
-# "onednn" (one grouped oneDNN convolution per bucket) from this many rows per group on average: outputs of
-# 28x28 and up with m = 8. Measured (region_conv2d forward alone, B = 32, m = 8, random guide, 2 threads, ratio
-# to an NCHW conv of the same shape): 64->128 @56x56 2.99x ("grouped") -> 1.99x; @28x28 4.55x ("padded") ->
-# 4.17x, 128->64 @28x28 4.24x -> 3.83x; at 14x14 (24 rows per group) the oneDNN layout lost, 7.6x vs 6.1x.
-ONEDNN_MIN_MEAN_ROWS = 64
-_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# torch._grouped_mm: CPU support (a loop of mm) since torch 2.9 (pytorch#161717); on CUDA the fused CUTLASS kernel
+# takes bfloat16 on compute capability 9.0+, and elsewhere torch falls back to per-group mm calls after copying the
+# offsets to the host (a sync per call, no gain over the callers' own loops).
+_GROUPED_MM_MIN_TORCH = (2, 9)
+_GROUPED_MM_CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _torch_at_least(version: tuple[int, int]) -> bool:
+    major, minor = (int(part) for part in torch.__version__.split(".")[:2])
+    return (major, minor) >= version
+
+
+_GROUPED_MM_PRESENT = hasattr(torch, "_grouped_mm") and _torch_at_least(_GROUPED_MM_MIN_TORCH)
 
 
 def _aligned(t: Tensor) -> bool:
@@ -60,27 +52,22 @@ def _aligned(t: Tensor) -> bool:
     return all(stride == 1 or (stride * size) % 16 == 0 for stride in t.stride())
 
 
-def _grouped_mm_ok(dtype: torch.dtype, inner: int, outer: int) -> bool:
-    size = torch.empty((), dtype=dtype).element_size()
-    return dtype in _GROUPED_MM_DTYPES and (inner * size) % 16 == 0 and (outer * size) % 16 == 0
-
-
-def choose_strategy(num_rows: int, num_groups: int, dtype: torch.dtype, inner: int, outer: int,
-                    threads: int | None = None, onednn: bool = False) -> str:
-    """"onednn" when oneDNN can run (``onednn``, e.g. ``facerec.nn._onednn.available(rows)``) and groups hold
-    at least ONEDNN_MIN_MEAN_ROWS rows on average; else "padded" for many small groups on >1 thread or when
-    _grouped_mm cannot run, else "grouped".
-
-    threads: torch's intra-op thread count (default ``torch.get_num_threads()``). See the module docstring.
-    """
-    if onednn and num_rows >= ONEDNN_MIN_MEAN_ROWS * num_groups:
-        return "onednn"
-    if not _grouped_mm_ok(dtype, inner, outer):
-        return "padded"
-    if (torch.get_num_threads() if threads is None else threads) <= 1:
-        return "grouped"
-    many_small = num_groups >= PADDED_MIN_GROUPS and num_rows <= PADDED_MAX_MEAN_ROWS * num_groups
-    return "padded" if many_small else "grouped"
+def grouped_mm_ok(device: torch.device, dtype: torch.dtype, *sizes: int, tensors=()) -> bool:
+    """Whether one ``torch._grouped_mm`` call may run for operands of this device and dtype without a host sync:
+    CPU float32 / bfloat16 / float16, CUDA bfloat16 on compute capability 9.0+ (torch >= 2.9). ``sizes``: matrix
+    sizes that must be multiples of 16 bytes; ``tensors``: operands whose strides must be (see ``_aligned``)."""
+    if not _GROUPED_MM_PRESENT:
+        return False
+    if device.type == "cpu":
+        ok = dtype in _GROUPED_MM_CPU_DTYPES
+    elif device.type == "cuda":
+        ok = dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (9, 0)
+    else:
+        ok = False
+    if not ok:
+        return False
+    item = torch.empty((), dtype=dtype).element_size()
+    return all((size * item) % 16 == 0 for size in sizes) and all(_aligned(t) for t in tensors)
 
 
 class GroupPlan:
@@ -93,9 +80,11 @@ class GroupPlan:
         if strategy not in ("grouped", "padded", "onednn"):
             raise ValueError(f"strategy must be 'grouped', 'padded' or 'onednn', got {strategy!r}")
         self.strategy, self.num_groups, self.num_rows = strategy, num_groups, group.numel()
-        counts = torch.bincount(group, minlength=num_groups)
-        _, self.perm = torch.sort(group, stable=True)
-        self.offsets = counts.cumsum(0).to(torch.int32)
+        sorted_group, self.perm = torch.sort(group, stable=True)
+        # Group ends in the sorted order without a host sync (torch.bincount on CUDA reads its maximum back).
+        ends = torch.searchsorted(sorted_group, torch.arange(num_groups, device=group.device), right=True)
+        counts = torch.diff(ends, prepend=ends.new_zeros(1))
+        self.offsets = ends.to(torch.int32)
         if strategy in ("padded", "onednn"):
             self._plan_padding(group, counts)
 

@@ -8,28 +8,21 @@ no AVX-512 code path (``MKL_VERBOSE=1``: "Intel(R) Architecture processors"); on
 project's 2-core AMD EPYC VM (float32, the same MACs; docs/drconv-speed.md): 6272 x 128 -> 256 takes 0.84 ms
 through oneDNN and 1.91 ms through ``torch.mm`` at 2 threads (1.64 / 4.01 ms at 1 thread), i.e. MKL is ~2x
 slower per MAC on this CPU. A call costs ~40 us of fixed overhead (weight reorder, primitive lookup) against
-~4 us for ``mm``, so callers use it only for GEMMs large enough (``worth_it``).
+~4 us for ``mm``, so callers use it only for GEMMs large enough (``facerec.nn.paths.use_onednn_gemm``).
 
-Used when: CPU, float32, oneDNN built in and enabled (``torch.backends.mkldnn``), ``ENABLED`` (False when the
-environment sets ``FACEREC_ONEDNN=0``; benchmarks flip it to compare), and a one-time probe call agrees with
-``torch.mm``. Elsewhere callers keep ``torch.mm`` / grouped mm.
+Used when: CPU, float32, oneDNN built in and enabled (``torch.backends.mkldnn``), the ``onednn`` setting
+(``facerec.nn.settings``; ``FACEREC_ONEDNN=0`` makes it default to off) and a one-time probe call agrees with
+``torch.mm``. Elsewhere these functions fall back to ``torch.mm`` / ``bmm``. Whether a GEMM is large enough to pay
+the fixed cost is decided by ``facerec.nn.paths.use_onednn_gemm`` (threshold and measurement there).
 """
 from __future__ import annotations
-
-import os
 
 import torch
 from torch import Tensor
 
-__all__ = ["ENABLED", "MIN_MACS", "available", "batched_matmul", "interleaved_matmul", "rows_matmul", "worth_it"]
+from facerec.nn import settings
 
-# False forces the torch.mm / _grouped_mm paths (FACEREC_ONEDNN=0 in the environment; benchmarks compare both).
-ENABLED = os.environ.get("FACEREC_ONEDNN", "1") != "0"
-# A oneDNN call is used for a GEMM of at least this many multiply-adds: below, its ~40 us fixed cost outweighs
-# the faster kernel. Measured (structured forward GEMMs at 7x7, batch 32, 8 region calls of 196 rows, 2 threads,
-# ratio to a conv's forward): 128 -> 2 x 128 outputs (6.4M MACs per call) 4.3x through _grouped_mm, 4.8x
-# through oneDNN; 128 -> 2 x 512 (25.7M MACs per call) 5.1x vs 3.3x.
-MIN_MACS = 8 << 20
+__all__ = ["available", "batched_matmul", "interleaved_matmul", "rows_matmul"]
 
 _PROBED: bool | None = None
 
@@ -74,18 +67,13 @@ def _probe() -> bool:
 def available(t: Tensor) -> bool:
     """Whether rows_matmul runs through oneDNN for tensors like ``t`` (CPU float32, oneDNN usable)."""
     global _PROBED
-    if not ENABLED or t.device.type != "cpu" or t.dtype != torch.float32:
+    if not settings.use_onednn() or t.device.type != "cpu" or t.dtype != torch.float32:
         return False
     if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     if _PROBED is None:
         _PROBED = _probe()
     return _PROBED
-
-
-def worth_it(t: Tensor, macs: int) -> bool:
-    """available(t) and a GEMM of ``macs`` multiply-adds is large enough to pay the call's fixed cost."""
-    return macs >= MIN_MACS and available(t)
 
 
 def rows_matmul(rows: Tensor, weight: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Dense-basis form of DRConv with the shared-basis generator (spec drconv-implementations.md section 5.3).
+"""Dense-basis form of DRConv with the shared-basis generator (the DRConv implementations survey, section 5.3).
 
 When every region's filter is a mix of r shared static kernels, ``W_{b,j} = sum_t a[b, j, t] B_t``, the layer
 output is ``Y_p = sum_t a[b, M_p, t] (B_t * X)_p``: one dense conv with r*O outputs (``Z``) followed by a
@@ -35,7 +35,7 @@ def _pixel_coefficients(coef: Tensor, mask: Tensor) -> Tensor:
 
 class _BasisMixFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, coef, guide):
+    def forward(ctx, z, coef, guide, raw_eq7):
         bases = coef.shape[2]
         out_channels = z.shape[1] // bases
         mask = guided_mask(guide)
@@ -44,6 +44,7 @@ class _BasisMixFunction(torch.autograd.Function):
         for t in range(1, bases):
             out.addcmul_(z[:, t * out_channels:(t + 1) * out_channels], pixel_coef[:, t:t + 1])
         ctx.save_for_backward(z, coef, guide, mask)
+        ctx.raw_eq7 = raw_eq7
         return out
 
     @staticmethod
@@ -67,14 +68,15 @@ class _BasisMixFunction(torch.autograd.Function):
                 grad_coef = per_region.transpose(1, 2).to(coef.dtype)
             if ctx.needs_input_grad[2]:
                 eq7 = torch.bmm(coef.to(work), h).view(batch, regions, *mask.shape[1:])
-                grad_guide = softmax_straight_through_grad(guide, eq7)
-        return grad_z, grad_coef, grad_guide
+                grad_guide = eq7 if ctx.raw_eq7 else softmax_straight_through_grad(guide, eq7)
+        return grad_z, grad_coef, grad_guide, None
 
 
-def basis_mix(z: Tensor, coef: Tensor, guide: Tensor) -> Tensor:
+def basis_mix(z: Tensor, coef: Tensor, guide: Tensor, *, raw_eq7: bool = False) -> Tensor:
     """Per-pixel mix of basis outputs by the pixel's region coefficients (see module docstring).
 
-    z (B, r*O, Ho, Wo); coef (B, m, r); guide (B, m, Ho, Wo) -> (B, O, Ho, Wo).
+    z (B, r*O, Ho, Wo); coef (B, m, r); guide (B, m, Ho, Wo) -> (B, O, Ho, Wo). ``raw_eq7``: the guide's gradient
+    is Eq.7 itself (B, m, Ho, Wo), not Eq.8's result (``facerec.nn.ops`` applies Eq.8 itself).
     """
     if z.dim() != 4 or coef.dim() != 3 or guide.dim() != 4:
         raise ValueError(f"expected z (B, r*O, Ho, Wo), coef (B, m, r), guide (B, m, Ho, Wo); got shapes "
@@ -86,7 +88,7 @@ def basis_mix(z: Tensor, coef: Tensor, guide: Tensor) -> Tensor:
     expected = (batch, regions, z.shape[2], z.shape[3])
     if tuple(guide.shape) != expected:
         raise ValueError(f"guide must have shape {expected}, got {tuple(guide.shape)}")
-    return _BasisMixFunction.apply(z, coef, guide)
+    return _BasisMixFunction.apply(z, coef, guide, raw_eq7)
 
 
 class _StraightThroughFunction(torch.autograd.Function):

@@ -7,11 +7,15 @@ filter of region ``M_p = argmax_j F[:, j, p]`` (paper Eq.3-5; ties go to the low
 * guide F: the paper's straight-through rule, Eq.6-8. With ``s = softmax(F)`` over regions,
   ``g_j(p) = <dL/dY_p, (W_j * X)_p>`` (Eq.7) and ``dL/dF_p = s_p * (g_p - <s_p, g_p>)`` (Eq.8).
 
-Cost (spec ``drconv-implementations.md`` section 5): the forward computes one filter per pixel (pixels are
-sorted by (sample, region) and multiplied by their group's filter in one grouped GEMM), never all m outputs.
-The backward computes ``T_j(p) = W_j^T dY_p`` for every region j in one batched GEMM (m convs: the floor for
-Eq.7); the pixel's own-region slice of T is the input gradient, so that comes for free, and
-``g_j(p) = <T_j(p), X_p>``. The filter gradient is one grouped GEMM (1 conv).
+Cost (the DRConv implementations survey, section 5): the forward computes one filter per pixel (pixels are
+sorted by (sample, region) and multiplied by their group's filter in one grouped GEMM, planned by
+``facerec.nn.paths.group_plan``), never all m outputs. The backward computes ``T_j(p) = W_j^T dY_p`` for every
+region j in one batched GEMM (m convs: the floor for Eq.7); the pixel's own-region slice of T is the input
+gradient, so that comes for free, and ``g_j(p) = <T_j(p), X_p>``. The filter gradient is one grouped GEMM (1 conv).
+
+``all_regions_conv2d`` computes the same value and gradients with plain tensor operations: all m region outputs
+(m conv units), a one-hot select, and a straight-through term for Eq.7-8. It is what a graph compiler or an ONNX
+exporter can hold (no host-side sizes), at m times a conv's cost.
 """
 from __future__ import annotations
 
@@ -19,17 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from facerec.nn import _onednn
-from facerec.nn._grouped import GroupPlan, choose_strategy
+from facerec.nn import _onednn, paths
+from facerec.nn._grouped import GroupPlan
 
-__all__ = ["region_conv2d", "guided_mask", "softmax_straight_through_grad"]
+__all__ = ["all_regions_conv2d", "region_conv2d", "guided_mask", "softmax_straight_through_grad"]
 
 # Elements of the per-chunk Eq.7 intermediate (L * m * C * k^2 per sample); bounds backward memory.
 _EQ7_CHUNK_ELEMENTS = 1 << 22
-
-# How the per-(sample, region) GEMMs run: "auto" (by mean group size, see facerec.nn._grouped), "grouped"
-# (torch._grouped_mm) or "padded" (bucketed, padded torch.bmm). Tests and benchmarks may override it.
-_GROUP_STRATEGY = "auto"
 
 
 def _pair(value, name: str) -> tuple[int, int]:
@@ -104,22 +104,21 @@ class _RegionConvFunction(torch.autograd.Function):
     """Hard-mask region convolution with the paper's Eq.6-8 guide gradient."""
 
     @staticmethod
-    def forward(ctx, input, filters, guide, stride, padding, dilation):
+    def forward(ctx, input, filters, guide, stride, padding, dilation, raw_eq7):
         geo = _Geometry(input, filters, stride, padding, dilation)
         mask = guided_mask(guide).reshape(-1)
         sample = torch.arange(geo.batch, device=input.device).repeat_interleave(geo.pixels)
         group = sample * geo.regions + mask
         num_groups = geo.batch * geo.regions
-        strategy = _GROUP_STRATEGY
-        if strategy == "auto":
-            strategy = choose_strategy(group.numel(), num_groups, filters.dtype, geo.ck, geo.out_channels,
-                                       onednn=_onednn.worth_it(filters, group.numel() * geo.ck * geo.out_channels))
+        macs = group.numel() * geo.ck * geo.out_channels
+        strategy = paths.group_plan(group.numel(), num_groups, filters.dtype, geo.ck, geo.out_channels,
+                                    onednn=paths.use_onednn_gemm(filters, macs), device=filters.device)
         plan = GroupPlan(group, num_groups, strategy)
         out_rows = plan.rows_matmul(geo.rows(input), geo.grouped_filters(filters))
         # The GEMM writes pixel rows, i.e. channels_last memory; returning it as is saves a full copy.
         out = out_rows.view(geo.batch, geo.out_h, geo.out_w, geo.out_channels).permute(0, 3, 1, 2)
         ctx.save_for_backward(input, filters, guide, mask)
-        ctx.plan = plan
+        ctx.plan, ctx.raw_eq7 = plan, raw_eq7
         ctx.geometry = (stride, padding, dilation)
         return out
 
@@ -138,11 +137,11 @@ class _RegionConvFunction(torch.autograd.Function):
                 grad_input = geo.fold_rows(grad_rows, input)
             if need_guide:
                 eq7 = eq7.view(geo.batch, geo.out_h, geo.out_w, geo.regions).permute(0, 3, 1, 2)
-                grad_guide = softmax_straight_through_grad(guide, eq7)
+                grad_guide = eq7 if ctx.raw_eq7 else softmax_straight_through_grad(guide, eq7)
         if need_filters:
             grad = ctx.plan.outer_sum(dy_rows, rows)
             grad_filters = grad.view(filters.shape)
-        return grad_input, grad_filters, grad_guide, None, None, None
+        return grad_input, grad_filters, grad_guide, None, None, None, None
 
 
 def project_back(batch: int, pixels: int, regions: int, out_channels: int, ck: int, filters_for,
@@ -164,7 +163,7 @@ def project_back(batch: int, pixels: int, regions: int, out_channels: int, ck: i
     grad_rows = dy_rows.new_empty(batch * pixels, ck)
     eq7 = dy_rows.new_empty(batch * pixels, regions) if need_eq7 else None
     onednn = (transposed_filters_for is not None
-              and _onednn.worth_it(dy_rows, chunk * pixels * out_channels * regions * ck))
+              and paths.use_onednn_gemm(dy_rows, chunk * pixels * out_channels * regions * ck))
     for start in range(0, batch, chunk):
         stop, size = min(start + chunk, batch), min(chunk, batch - start)
         lo, hi = start * pixels, stop * pixels
@@ -239,7 +238,8 @@ def _check_inputs(input: Tensor, filters: Tensor, guide: Tensor, stride, padding
                          f"{filters.device}, {guide.device}")
 
 
-def region_conv2d(input: Tensor, filters: Tensor, guide: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
+def region_conv2d(input: Tensor, filters: Tensor, guide: Tensor, stride=1, padding=0, dilation=1, *,
+                  raw_eq7: bool = False) -> Tensor:
     """Dynamic region-aware convolution with given per-sample, per-region filters.
 
     Args:
@@ -247,6 +247,8 @@ def region_conv2d(input: Tensor, filters: Tensor, guide: Tensor, stride=1, paddi
         filters: (B, m, O, C, kh, kw): one filter per sample and region.
         guide: (B, m, Ho, Wo): the guided feature F; pixel p uses region argmax_j F[:, j, p].
         stride, padding, dilation: int or pair, as in ``torch.nn.functional.conv2d``.
+        raw_eq7: the guide's gradient is Eq.7 itself, ``<dY_p, (W_j * X)_p>`` for every region (B, m, Ho, Wo), not
+            Eq.8's result (``facerec.nn.ops`` applies Eq.8 itself).
 
     Returns:
         (B, O, Ho, Wo) with channels_last strides (the layout the gathered GEMM writes; call
@@ -260,8 +262,39 @@ def region_conv2d(input: Tensor, filters: Tensor, guide: Tensor, stride=1, paddi
         dtype = torch.get_autocast_dtype(device_type)
         input, filters = input.to(dtype), filters.to(dtype)
         with torch.autocast(device_type, enabled=False):
-            return _RegionConvFunction.apply(input, filters, guide, stride, padding, dilation)
+            return _RegionConvFunction.apply(input, filters, guide, stride, padding, dilation, raw_eq7)
     if filters.dtype != input.dtype:
         raise TypeError(f"input and filters must share a dtype outside autocast, got {input.dtype} and "
                         f"{filters.dtype}")
-    return _RegionConvFunction.apply(input, filters, guide, stride, padding, dilation)
+    return _RegionConvFunction.apply(input, filters, guide, stride, padding, dilation, raw_eq7)
+
+
+def all_regions_conv2d(input: Tensor, filters: Tensor, guide: Tensor, stride=1, padding=0, dilation=1) -> Tensor:
+    """``region_conv2d``'s value and gradients from all m region outputs (plain tensor operations; m conv units).
+
+    Shapes as ``region_conv2d``: input (B, C, H, W), filters (B, m, O, C, kh, kw), guide (B, m, Ho, Wo) ->
+    (B, O, Ho, Wo). The output is ``sum_j onehot(argmax F)_j * Y_j`` (first maximum, as ``guided_mask``); when the
+    guide needs a gradient, ``sum_j (s_j - stop_grad(s_j)) * stop_grad(Y_j)`` (zero in value, s = softmax(F)) adds
+    Eq.7-8 to it. Under autocast the input and filters are cast to the autocast dtype.
+    """
+    stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+    _check_inputs(input, filters, guide, stride, padding, dilation)
+    if torch.is_autocast_enabled(input.device.type):
+        dtype = torch.get_autocast_dtype(input.device.type)
+        input, filters = input.to(dtype), filters.to(dtype)
+    batch, regions, out_channels = filters.shape[:3]
+    out_h, out_w = guide.shape[2], guide.shape[3]
+    if filters.shape[4:] == (1, 1) and padding == (0, 0):
+        cols = input[:, :, ::stride[0], ::stride[1]].flatten(2)                         # (B, C, L)
+    else:
+        cols = F.unfold(input, filters.shape[4:], dilation, padding, stride)           # (B, C*kh*kw, L)
+    outs = torch.bmm(filters.reshape(batch, regions * out_channels, -1).to(cols.dtype), cols)
+    outs = outs.view(batch, regions, out_channels, out_h * out_w)
+    flat_guide = guide.flatten(2)
+    hard = F.one_hot(flat_guide.argmax(1), regions).transpose(1, 2).to(outs.dtype)    # (B, m, L)
+    out = (outs * hard.unsqueeze(2)).sum(1)
+    if torch.is_grad_enabled() and guide.requires_grad:
+        work = torch.promote_types(guide.dtype, torch.float32)
+        soft = torch.softmax(flat_guide.to(work), dim=1)
+        out = out + ((soft - soft.detach()).unsqueeze(2) * outs.detach().to(work)).sum(1).to(out.dtype)
+    return out.view(batch, out_channels, out_h, out_w)

@@ -1,4 +1,4 @@
-"""Filter generators for DRConv (Chen et al., CVPR 2021, section 3.3; spec drconv-implementations.md 3.1).
+"""Filter generators for DRConv (Chen et al., CVPR 2021, section 3.3; the DRConv implementations survey, 3.1).
 
 Both map the layer input x (B, C, H, W) to per-sample, per-region filters (B, m, O, C, kh, kw) and are built
 from standard nn.Conv2d / nn.Linear layers so module hooks can count them.
@@ -11,6 +11,9 @@ from standard nn.Conv2d / nn.Linear layers so module hooks can count them.
   ``a = 2 * sigmoid / r`` routing weights -> region j's filter is ``sum_t a_{j,t} B_t`` over r shared static
   kernels B_t. The kernels are held as ``basis``, an nn.Conv2d(C, r*O, k, stride, padding, dilation) so that
   the layer can use the dense-basis form (one conv with r*O outputs) instead of materialising filters.
+
+For 1x1 kernels both also give the structure of their filters, ``W_bj = sum_t c_bjt K_jt``, as the operands of
+``facerec.nn.ops.region_conv``: ``term_coefficients(x)`` (B, m, T) and ``stacked_kernels()`` (m or 1, T, O, C).
 
 Initialisation: both are scaled so that the generated filters have the standard deviation of a default
 nn.Conv2d of the same shape (uniform +-1/sqrt(fan_in), std 1/sqrt(3 fan_in)) while regions already differ, so
@@ -142,6 +145,16 @@ class PaperFilterGenerator(nn.Module):
         dynamic = self.expand.weight.view(m, o, c, terms).permute(0, 3, 1, 2)
         return static, dynamic
 
+    def term_coefficients(self, x: Tensor) -> Tensor:
+        """c (B, m, 1+t) = [1, s_b]: the coefficients of ``stacked_kernels`` (1x1 kernels)."""
+        coef = self.coefficients(x)
+        return torch.cat([coef.new_ones(coef.shape[0], coef.shape[1], 1), coef], 2)
+
+    def stacked_kernels(self) -> Tensor:
+        """K (m, 1+t, O, C) = [A_j, V_j1, ..., V_jt] with filter_bj = sum_t c_bjt K_jt (1x1 kernels)."""
+        static, dynamic = self.static_kernels()
+        return torch.cat([static.unsqueeze(1), dynamic], 1)
+
     def forward(self, x: Tensor) -> Tensor:
         hidden = torch.sigmoid(self.squeeze(self.pool(x)))
         flat = self.expand(hidden)
@@ -199,6 +212,16 @@ class BasisFilterGenerator(nn.Module):
         """The shared kernels as (r, O, C, kh, kw)."""
         kh, kw = self.kernel_size
         return self.basis.weight.view(self.num_bases, self.out_channels, self.in_channels, kh, kw)
+
+    def term_coefficients(self, x: Tensor) -> Tensor:
+        """The routing weights (B, m, r): the coefficients of ``stacked_kernels``."""
+        return self.routing(x)
+
+    def stacked_kernels(self) -> Tensor:
+        """The shared kernels as (1, r, O, C), one set for all regions (1x1 kernels)."""
+        if self.kernel_size != (1, 1):
+            raise ValueError(f"stacked_kernels() is for 1x1 kernels, this generator has {self.kernel_size}")
+        return self.bases()[..., 0, 0].unsqueeze(0)
 
     def mix(self, coef: Tensor) -> Tensor:
         """Filters (B, m, O, C, kh, kw) from routing weights a (B, m, r)."""

@@ -4,7 +4,7 @@ Kinds and their extra keywords (anything else raises TypeError naming the allowe
 
 * "standard": nn.Conv2d(in, out, 1, stride, bias=bias). No extra keywords.
 * "drconv": DRConv2d (regions=8, generator="paper", external_guide=False, hidden_channels=None,
-  num_bases=4, basis_path="auto").
+  num_bases=4, path="auto", guide_norm=True, guide_grad_scale=1.0, init="static").
 * "condconv": CondConv2d (experts=8).
 * "local": LocallyConnected2d (input_size=(H, W), required).
 
@@ -33,8 +33,8 @@ POINTWISE_KINDS = ("standard", "drconv", "condconv", "local")
 
 _KIND_KEYWORDS = {
     "standard": (),
-    "drconv": ("regions", "generator", "external_guide", "hidden_channels", "num_bases", "basis_path",
-               "paper_path", "guide_norm", "guide_grad_scale", "init"),
+    "drconv": ("regions", "generator", "external_guide", "hidden_channels", "num_bases", "path", "guide_norm",
+               "guide_grad_scale", "init"),
     "condconv": ("experts",),
     "local": ("input_size",),
 }

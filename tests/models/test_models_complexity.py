@@ -66,13 +66,13 @@ def test_count_does_not_depend_on_the_drconv_execution_path():
     from facerec.models import create_model
 
     model = create_model("drconv_mobilefacenet", input_size=(112, 96))
-    layers = [m for m in model.modules() if hasattr(m, "paper_path")]
+    layers = [m for m in model.modules() if hasattr(m, "path")]
     if not layers:
         pytest.skip("this DRConv2d has a single execution path")
     counts = {}
     for path in ("auto", "gather"):
         for m in layers:
-            m.paper_path = path
+            m.path = path
         counts[path] = count_complexity(model, (112, 96)).madds
     assert counts["auto"] == counts["gather"]
-    assert all(m.paper_path == "gather" for m in layers)  # restored after counting
+    assert all(m.path == "gather" for m in layers)  # restored after counting

@@ -7,8 +7,8 @@ from facerec.nn import DRConv2d
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-PATHS = [{"generator": "paper", "paper_path": "structured"}, {"generator": "paper", "paper_path": "gather"},
-         {"generator": "basis", "basis_path": "dense"}, {"generator": "basis", "basis_path": "gather"}]
+PATHS = [{"generator": "paper", "path": "structured"}, {"generator": "paper", "path": "gather"},
+         {"generator": "basis", "path": "dense_pointwise"}, {"generator": "basis", "path": "gather"}]
 
 
 @pytest.mark.parametrize("kw", PATHS, ids=lambda kw: "-".join(str(v) for v in kw.values()))

@@ -5,6 +5,7 @@ from torch import nn
 
 from facerec.nn import DRConv2d, guide_modules
 from facerec.nn.functional import region_conv2d
+from facerec.nn.paths import select_path
 from nn_reference import reference_region_conv
 
 
@@ -16,14 +17,15 @@ def _grads(layer, x, guide_feature=None):
     return y.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
 
 
+@pytest.mark.parametrize("dense", ["dense_pointwise", "dense_mix"])
 @pytest.mark.parametrize("in_channels,out_channels,stride", [(4, 6, 1), (6, 4, 1), (4, 6, 2), (6, 4, 2)])
-def test_basis_dense_paths_equal_gathered_path(in_channels, out_channels, stride):
+def test_basis_dense_paths_equal_gathered_path(in_channels, out_channels, stride, dense):
     torch.manual_seed(0)
     layer = DRConv2d(in_channels, out_channels, 1, stride, regions=3, generator="basis", num_bases=4, init="spread",
-                     basis_path="gather").double()
+                     path="gather").double()
     x = torch.randn(2, in_channels, 6, 5, dtype=torch.float64)
     want = _grads(layer, x)
-    layer.basis_path = "dense"
+    layer.path = dense
     got = _grads(layer, x)
     torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-12)
@@ -34,11 +36,11 @@ def test_basis_dense_paths_equal_gathered_path(in_channels, out_channels, stride
 
 def test_basis_dense_3x3_equals_gathered_path():
     torch.manual_seed(1)
-    layer = DRConv2d(3, 5, 3, 2, 1, regions=4, generator="basis", num_bases=3, basis_path="gather",
+    layer = DRConv2d(3, 5, 3, 2, 1, regions=4, generator="basis", num_bases=3, path="gather",
                      init="spread").double()
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     want = _grads(layer, x)
-    layer.basis_path = "dense"
+    layer.path = "dense_mix"
     got = _grads(layer, x)
     for a, b in zip(got[:2], want[:2]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -131,11 +133,11 @@ def test_eval_mode_backward_channels_last_and_batch_one(generator):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("generator,path,k", [("paper", "auto", 1), ("basis", "gather", 1), ("basis", "dense", 1),
-                                              ("basis", "dense", 3)])
+@pytest.mark.parametrize("generator,path,k", [("paper", "auto", 1), ("basis", "gather", 1),
+                                              ("basis", "dense_pointwise", 1), ("basis", "dense_mix", 3)])
 def test_autocast_layer(dtype, generator, path, k):
     torch.manual_seed(0)
-    layer = DRConv2d(8, 16, k, padding=k // 2, regions=4, generator=generator, basis_path=path, init="spread")
+    layer = DRConv2d(8, 16, k, padding=k // 2, regions=4, generator=generator, path=path, init="spread")
     x = torch.randn(2, 8, 6, 6)
     masks = []
     layer.guide.register_forward_hook(lambda mod, inp, out: masks.append(out.argmax(1)))
@@ -197,11 +199,16 @@ def test_grouped_pointwise_conv_equals_nn_conv2d():
 def test_auto_basis_path_choice():
     few = DRConv2d(8, 8, regions=8, generator="basis", num_bases=4)
     many = DRConv2d(8, 8, regions=8, generator="basis", num_bases=8)
-    assert few._use_dense_basis(7 * 7) and many._use_dense_basis(14 * 14)
-    assert few._use_dense_basis(56 * 56) and not many._use_dense_basis(56 * 56)
+    x = torch.zeros(1, 8, 1, 1, dtype=torch.float64)                     # float64: never the fused kernel
+
+    def dense(layer, pixels):
+        return select_path(layer.facts, x, pixels) in ("dense_pointwise", "dense_mix")
+
+    assert dense(few, 7 * 7) and dense(many, 14 * 14)
+    assert dense(few, 56 * 56) and not dense(many, 56 * 56)
     with torch.no_grad():
-        assert not few._use_dense_basis(56 * 56) and few._use_dense_basis(7 * 7)
-    assert not DRConv2d(8, 8, generator="paper")._use_dense_basis(7 * 7)
+        assert not dense(few, 56 * 56) and dense(few, 7 * 7)
+    assert not dense(DRConv2d(8, 8, generator="paper"), 7 * 7)
 
 
 @pytest.mark.parametrize("generator", ["paper", "basis"])

@@ -1,20 +1,27 @@
-"""The fused inference kernel (facerec/nn/_fused.py, csrc/fused_region.cpp) against float64 references, and its
-use by DRConv2d: taken in inference only, equal to the unfused paths, kernel cache invalidated by updates."""
+"""The fused CPU kernels (facerec/nn/kernels/fused_cpu.py, csrc/fused_region.cpp) against float64 references, and
+their use by DRConv2d: inference and training paths, equal to the unfused paths, kernel cache invalidated by
+updates."""
 import pytest
 import torch
 
-import facerec.nn._fused as fused
-from facerec.nn import DRConv2d
+import facerec.nn.kernels.fused_cpu as fused
+from facerec.nn import DRConv2d, ops, paths, settings
 from facerec.nn.functional import guided_mask
 
+pytestmark = pytest.mark.skipif(not fused.built(), reason="the fused DRConv kernel is not built here (needs an "
+                                                          "AVX-512 CPU, g++ and ninja; see the warning logged by "
+                                                          "facerec.nn.kernels.fused_cpu)")
 
-def _built() -> bool:
-    with torch.no_grad():
-        return fused.available(torch.zeros(1))
+
+def fused_paper(input, guide, coef, static, dynamic, stride=(1, 1)):
+    """The operator's fused implementation with the paper generator's structure (coef [1, s], kernels [A, V])."""
+    unit = torch.cat([coef.new_ones(coef.shape[0], coef.shape[1], 1), coef], 2)
+    return ops.region_conv(input, guide, unit, torch.cat([static.unsqueeze(1), dynamic], 1), stride, impl="fused")
 
 
-pytestmark = pytest.mark.skipif(not _built(), reason="the fused DRConv kernel is not built here (needs an AVX-512 "
-                                                     "CPU, g++ and ninja; see the warning logged by facerec.nn._fused)")
+def fused_basis(input, guide, routing, bases, stride=(1, 1)):
+    """The operator's fused implementation with the basis generator's structure (kernels shared by all regions)."""
+    return ops.region_conv(input, guide, routing, bases.unsqueeze(0), stride, impl="fused")
 
 
 def _reference(x, guide, coef, kernels):
@@ -86,18 +93,19 @@ def counted(monkeypatch):
 
 
 @pytest.mark.parametrize("generator,stride,size", [("paper", 1, 6), ("paper", 2, 9), ("basis", 1, 12)])
-def test_drconv_inference_uses_fused_and_matches_unfused(generator, stride, size, counted, monkeypatch):
+def test_drconv_inference_uses_fused_and_matches_unfused(generator, stride, size, counted):
     torch.manual_seed(0)
     layer = DRConv2d(8, 24, 1, stride=stride, regions=4, generator=generator, init="spread").eval()
     x = torch.randn(3, 8, size, size)
     with torch.no_grad():
         y = layer(x)
         assert len(counted) == 1
-        monkeypatch.setattr(fused, "ENABLED", False)
-        want = layer(x)
+        with settings.override(fused=False):
+            want = layer(x)
         assert len(counted) == 1
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
-    layer(x)                                                 # grad enabled: never the fused (no-autograd) kernel
+    with settings.override(fused_train=False):
+        layer(x)                                             # grad enabled, fused training off: not the fused kernel
     assert len(counted) == 1
 
 
@@ -112,11 +120,8 @@ def test_drconv_fused_rule_and_kernel_cache(counted):
         first = layer(x)
         layer.filter_generator.shared.add_(0.5)             # an in-place update (as an optimizer step does)
         second = layer(x)
-        fused.ENABLED, enabled = False, fused.ENABLED
-        try:
+        with settings.override(fused=False):
             want = layer(x)
-        finally:
-            fused.ENABLED = enabled
     assert len(counted) == 2 and not torch.allclose(first, second)
     torch.testing.assert_close(second, want, rtol=1e-5, atol=1e-5)
 
@@ -126,7 +131,8 @@ def test_failed_build_falls_back(monkeypatch):
     monkeypatch.setattr(fused, "_failed", True)
     layer = DRConv2d(8, 16, 1, regions=4).eval()
     with torch.no_grad():
-        assert not fused.available(torch.zeros(1))
+        assert not fused.built()
+        assert paths.select_path(layer.facts, torch.zeros(2, 8, 5, 5), 25) == "structured"
         assert layer(torch.randn(2, 8, 5, 5)).shape == (2, 16, 5, 5)
 
 
@@ -162,7 +168,7 @@ def test_fused_training_path_matches_float64(case, filter_grads_in_kernel, monke
     fused training path in float32 against the structured path in float64, with the filter gradients formed in
     the kernel per (sample, region) or per region over the batch."""
     from facerec.nn.structured import paper_region_conv2d as structured
-    monkeypatch.setattr(fused, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0 if filter_grads_in_kernel else 10 ** 9)
+    monkeypatch.setattr(paths, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0 if filter_grads_in_kernel else 10 ** 9)
     batch, channels, out_channels, height, width, regions, terms, stride = case
     gen = torch.Generator().manual_seed(2)
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
@@ -173,40 +179,47 @@ def test_fused_training_path_matches_float64(case, filter_grads_in_kernel, monke
                 torch.randn(regions, terms, out_channels, channels, dtype=torch.float64, generator=gen)]
     inputs64 = [t.requires_grad_() for t in inputs64]
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
-    y32 = fused.paper_region_conv2d(*inputs32, (stride, stride))
+    y32 = fused_paper(*inputs32, (stride, stride))
     y64 = structured(*inputs64, stride)
     _assert_matches_float64(y32, inputs32, y64, inputs64, ("input", "guide", "coef", "static", "dynamic"))
 
 
 def test_fused_training_backward_is_deterministic(monkeypatch):
-    monkeypatch.setattr(fused, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0)
+    monkeypatch.setattr(paths, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0)
     gen = torch.Generator().manual_seed(3)
     inputs = [torch.randn(8, 16, 9, 9, generator=gen), torch.randn(8, 4, 9, 9, generator=gen),
               torch.rand(8, 4, 1, generator=gen), torch.randn(4, 32, 16, generator=gen),
               torch.randn(4, 1, 32, 16, generator=gen)]
     inputs = [t.requires_grad_() for t in inputs]
     grad_out = torch.randn(8, 32, 9, 9, generator=gen)
-    first = torch.autograd.grad(fused.paper_region_conv2d(*inputs), inputs, grad_out)
-    second = torch.autograd.grad(fused.paper_region_conv2d(*inputs), inputs, grad_out)
+    first = torch.autograd.grad(fused_paper(*inputs), inputs, grad_out)
+    second = torch.autograd.grad(fused_paper(*inputs), inputs, grad_out)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
 
-def test_drconv_training_uses_fused_path_and_matches_structured(monkeypatch):
+@pytest.fixture
+def backward_calls(monkeypatch):
+    """Count the fused backward kernel's calls (one per training step of a layer on the fused path)."""
     calls = []
-    real = fused.paper_region_conv2d
-    monkeypatch.setattr(fused, "paper_region_conv2d", lambda *a: calls.append(1) or real(*a))
+    real = fused.region_conv_backward
+    monkeypatch.setattr(fused, "region_conv_backward", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+def test_drconv_training_uses_fused_path_and_matches_structured(backward_calls):
+    calls = backward_calls
     torch.manual_seed(0)
     layer = DRConv2d(8, 24, 1, regions=4, init="spread")
-    reference = DRConv2d(8, 24, 1, regions=4, init="spread", paper_path="structured")
+    reference = DRConv2d(8, 24, 1, regions=4, init="spread", path="structured")
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(3, 8, 6, 6)
     got, want = _layer_grads(layer, x), _layer_grads(reference, x)
     assert len(calls) == 1                                    # the "auto" layer only
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    monkeypatch.setattr(fused, "TRAIN_ENABLED", False)
-    layer(x).sum().backward()
+    with settings.override(fused_train=False):
+        layer(x).sum().backward()
     assert len(calls) == 1
 
 
@@ -215,7 +228,7 @@ def test_fused_basis_training_matches_float64(filter_grads_in_kernel, monkeypatc
     """The shared-kernel form (basis generator): filters sum_r routing[b, j, r] bases[r]; gradients of the input,
     guide, routing and the shared bases against region_conv2d in float64 on the materialised filters."""
     from facerec.nn.functional import region_conv2d
-    monkeypatch.setattr(fused, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0 if filter_grads_in_kernel else 10 ** 9)
+    monkeypatch.setattr(paths, "FILTER_GRAD_IN_KERNEL_MIN_PIXELS_PER_REGION", 0 if filter_grads_in_kernel else 10 ** 9)
     gen = torch.Generator().manual_seed(5)
     inputs64 = [torch.randn(3, 12, 7, 6, dtype=torch.float64, generator=gen),
                 torch.randn(3, 4, 7, 6, dtype=torch.float64, generator=gen),
@@ -223,19 +236,17 @@ def test_fused_basis_training_matches_float64(filter_grads_in_kernel, monkeypatc
                 torch.randn(3, 40, 12, dtype=torch.float64, generator=gen)]
     inputs64 = [t.requires_grad_() for t in inputs64]
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
-    y32 = fused.basis_region_conv2d(*inputs32)
+    y32 = fused_basis(*inputs32)
     x, guide, routing, bases = inputs64
     y64 = region_conv2d(x, torch.einsum("bmr,roc->bmoc", routing, bases)[..., None, None], guide)
     _assert_matches_float64(y32, inputs32, y64, inputs64, ("input", "guide", "routing", "bases"))
 
 
-def test_drconv_basis_training_uses_fused_path_from_64m_pixels(monkeypatch):
-    calls = []
-    real = fused.basis_region_conv2d
-    monkeypatch.setattr(fused, "basis_region_conv2d", lambda *a: calls.append(1) or real(*a))
+def test_drconv_basis_training_uses_fused_path_from_64m_pixels(backward_calls):
+    calls = backward_calls
     torch.manual_seed(0)
     layer = DRConv2d(8, 16, 1, regions=2, generator="basis", num_bases=3, init="spread")
-    reference = DRConv2d(8, 16, 1, regions=2, generator="basis", num_bases=3, init="spread", basis_path="gather")
+    reference = DRConv2d(8, 16, 1, regions=2, generator="basis", num_bases=3, init="spread", path="gather")
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(2, 8, 12, 11)                                  # 132 pixels >= 64 * m = 128
     got, want = _layer_grads(layer, x), _layer_grads(reference, x)

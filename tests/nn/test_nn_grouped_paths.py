@@ -1,11 +1,14 @@
 """The two grouped-GEMM strategies of region_conv2d (facerec/nn/_grouped.py): padded (bucketed bmm) and
-grouped (torch._grouped_mm), against float64 loop references and each other, and the auto rule."""
+grouped (torch._grouped_mm), against float64 loop references and each other, and the auto rule
+(facerec.nn.paths.group_plan)."""
 import pytest
 import torch
 
-import facerec.nn.functional as functional
-from facerec.nn._grouped import PADDED_MAX_MEAN_ROWS, PADDED_MIN_GROUPS, GroupPlan, choose_strategy
+from facerec.nn import settings
+from facerec.nn._grouped import GroupPlan
 from facerec.nn.functional import region_conv2d
+from facerec.nn.paths import PADDED_MAX_MEAN_ROWS, PADDED_MIN_GROUPS
+from facerec.nn.paths import group_plan
 from nn_reference import reference_region_conv
 
 
@@ -59,7 +62,7 @@ def test_padded_bucket_padding_at_most_doubles_rows():
 @pytest.mark.parametrize("strategy", ["padded", "grouped"])
 @pytest.mark.parametrize("shape", [(2, 4, 8, 5, 6, 3, 1, 1, 0), (2, 4, 8, 7, 7, 4, 3, 2, 1),
                                    (1, 8, 4, 3, 3, 8, 1, 1, 0)])
-def test_region_conv_each_strategy_matches_reference(monkeypatch, strategy, shape):
+def test_region_conv_each_strategy_matches_reference(strategy, shape):
     batch, channels, out_channels, height, width, regions, k, stride, padding = shape
     dtype = torch.float64 if strategy == "padded" else torch.float32   # _grouped_mm has no float64
     tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
@@ -70,9 +73,8 @@ def test_region_conv_each_strategy_matches_reference(monkeypatch, strategy, shap
     out_h = (height + 2 * padding - k) // stride + 1
     out_w = (width + 2 * padding - k) // stride + 1
     g = torch.randn(batch, regions, out_h, out_w, dtype=dtype, generator=gen, requires_grad=True)
-    monkeypatch.setattr(functional, "_GROUP_STRATEGY", strategy)
-    y = region_conv2d(x, w, g, stride, padding)
-    monkeypatch.setattr(functional, "_GROUP_STRATEGY", "auto")
+    with settings.override(group_plan=strategy):
+        y = region_conv2d(x, w, g, stride, padding)
     y_ref = reference_region_conv(x.double(), w.double(), g.double(), stride, padding, 1)
     torch.testing.assert_close(y.double(), y_ref, **tol)
     grad_out = torch.randn(y.shape, dtype=torch.float64, generator=gen)
@@ -82,18 +84,18 @@ def test_region_conv_each_strategy_matches_reference(monkeypatch, strategy, shap
         torch.testing.assert_close(got.double(), want.double(), **tol)
 
 
-def test_strategies_agree_in_float32_at_many_small_groups(monkeypatch):
+def test_strategies_agree_in_float32_at_many_small_groups():
     """B*m = 64 groups of ~6 rows (7x7): auto picks padded; grouped gives the same values and gradients."""
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(8, 16, 7, 7, generator=gen, requires_grad=True)
     w = torch.randn(8, 8, 32, 16, 1, 1, generator=gen, requires_grad=True)
     g = torch.randn(8, 8, 7, 7, generator=gen, requires_grad=True)
-    assert choose_strategy(8 * 49, 64, torch.float32, 16, 32, threads=2) == "padded"
+    assert group_plan(8 * 49, 64, torch.float32, 16, 32, threads=2) == "padded"
     results = []
     for strategy in ("padded", "grouped"):
-        monkeypatch.setattr(functional, "_GROUP_STRATEGY", strategy)
-        y = region_conv2d(x, w, g)
-        results.append((y, *torch.autograd.grad(y, (x, w, g), torch.ones_like(y))))
+        with settings.override(group_plan=strategy):
+            y = region_conv2d(x, w, g)
+            results.append((y, *torch.autograd.grad(y, (x, w, g), torch.ones_like(y))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -101,18 +103,18 @@ def test_strategies_agree_in_float32_at_many_small_groups(monkeypatch):
 def test_auto_rule():
     f32 = torch.float32
     # MobileFaceNet, B=32, m=8, 2 threads: 7x7 / 14x14 / 28x28 padded, 56x56 grouped.
-    assert choose_strategy(32 * 49, 256, f32, 128, 512, threads=2) == "padded"
-    assert choose_strategy(32 * 196, 256, f32, 128, 128, threads=2) == "padded"
-    assert choose_strategy(32 * 784, 256, f32, 64, 128, threads=2) == "padded"
-    assert choose_strategy(32 * 3136, 256, f32, 64, 128, threads=2) == "grouped"
+    assert group_plan(32 * 49, 256, f32, 128, 512, threads=2) == "padded"
+    assert group_plan(32 * 196, 256, f32, 128, 128, threads=2) == "padded"
+    assert group_plan(32 * 784, 256, f32, 64, 128, threads=2) == "padded"
+    assert group_plan(32 * 3136, 256, f32, 64, 128, threads=2) == "grouped"
     # one thread: grouped everywhere it can run
-    assert choose_strategy(32 * 49, 256, f32, 128, 512, threads=1) == "grouped"
+    assert group_plan(32 * 49, 256, f32, 128, 512, threads=1) == "grouped"
     # few groups: grouped (exact MACs); float64 or unaligned sizes: padded (no _grouped_mm)
-    assert choose_strategy(100, PADDED_MIN_GROUPS - 1, f32, 16, 32, threads=2) == "grouped"
-    assert choose_strategy(100, 4, torch.float64, 16, 32, threads=1) == "padded"
-    assert choose_strategy(100, 4, f32, 3, 32, threads=1) == "padded"
+    assert group_plan(100, PADDED_MIN_GROUPS - 1, f32, 16, 32, threads=2) == "grouped"
+    assert group_plan(100, 4, torch.float64, 16, 32, threads=1) == "padded"
+    assert group_plan(100, 4, f32, 3, 32, threads=1) == "padded"
     limit = PADDED_MAX_MEAN_ROWS * PADDED_MIN_GROUPS
-    assert choose_strategy(limit, PADDED_MIN_GROUPS, f32, 16, 32, threads=4) == "padded"
-    assert choose_strategy(limit + 1, PADDED_MIN_GROUPS, f32, 16, 32, threads=4) == "grouped"
+    assert group_plan(limit, PADDED_MIN_GROUPS, f32, 16, 32, threads=4) == "padded"
+    assert group_plan(limit + 1, PADDED_MIN_GROUPS, f32, 16, 32, threads=4) == "grouped"
     with pytest.raises(ValueError, match="strategy"):
         GroupPlan(torch.zeros(3, dtype=torch.long), 2, "auto")

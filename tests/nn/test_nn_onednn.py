@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-import facerec.nn._grouped as grouped
 import facerec.nn._onednn as onednn
-import facerec.nn.functional as functional
-import facerec.nn.structured as structured
-from facerec.nn._grouped import ONEDNN_MIN_MEAN_ROWS, GroupPlan, choose_strategy
+import facerec.nn.paths as paths
+from facerec.nn import settings
+from facerec.nn._grouped import GroupPlan
 from facerec.nn.functional import region_conv2d
+from facerec.nn.paths import ONEDNN_MIN_MEAN_ROWS
+from facerec.nn.paths import group_plan
 from facerec.nn.structured import paper_region_conv2d
 from nn_reference import reference_region_conv
 
@@ -32,7 +33,7 @@ def counted(monkeypatch):
 
     monkeypatch.setattr(onednn, "_call", rows)
     monkeypatch.setattr(onednn, "_interleaved_call", interleaved)
-    monkeypatch.setattr(onednn, "MIN_MACS", 0)
+    monkeypatch.setattr(paths, "ONEDNN_MIN_MACS", 0)
     return calls
 
 
@@ -86,19 +87,19 @@ def test_onednn_group_plan_matches_loops(case, counted):
     _close(plan.outer_sum(rows.float(), right.float()), outer)
 
 
-def test_choose_strategy_onednn_rule():
+def test_group_plan_onednn_rule():
     f32 = torch.float32
-    assert choose_strategy(32 * 784, 256, f32, 64, 128, threads=2, onednn=True) == "onednn"        # 28x28
-    assert choose_strategy(32 * 3136, 256, f32, 64, 128, threads=1, onednn=True) == "onednn"       # 56x56
-    assert choose_strategy(32 * 196, 256, f32, 128, 128, threads=2, onednn=True) == "padded"       # 14x14
-    assert choose_strategy(ONEDNN_MIN_MEAN_ROWS * 10, 10, f32, 8, 8, threads=1, onednn=True) == "onednn"
-    assert choose_strategy(ONEDNN_MIN_MEAN_ROWS * 10 - 1, 10, f32, 8, 8, threads=1, onednn=True) == "grouped"
-    assert choose_strategy(32 * 784, 256, f32, 64, 128, threads=2) == "padded"                      # not asked
+    assert group_plan(32 * 784, 256, f32, 64, 128, threads=2, onednn=True) == "onednn"        # 28x28
+    assert group_plan(32 * 3136, 256, f32, 64, 128, threads=1, onednn=True) == "onednn"       # 56x56
+    assert group_plan(32 * 196, 256, f32, 128, 128, threads=2, onednn=True) == "padded"       # 14x14
+    assert group_plan(ONEDNN_MIN_MEAN_ROWS * 10, 10, f32, 8, 8, threads=1, onednn=True) == "onednn"
+    assert group_plan(ONEDNN_MIN_MEAN_ROWS * 10 - 1, 10, f32, 8, 8, threads=1, onednn=True) == "grouped"
+    assert group_plan(32 * 784, 256, f32, 64, 128, threads=2) == "padded"                      # not asked
 
 
 def test_region_conv2d_onednn_plan_matches_float64(counted, monkeypatch):
-    monkeypatch.setattr(grouped, "ONEDNN_MIN_MEAN_ROWS", 1)
-    monkeypatch.setattr(functional, "_GROUP_STRATEGY", "auto")
+    monkeypatch.setattr(paths, "ONEDNN_MIN_MEAN_ROWS", 1)
+    assert settings.group_plan() == "auto"
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 6, 7, 7, dtype=torch.float64, generator=gen)
     filters = torch.randn(2, 3, 5, 6, 1, 1, dtype=torch.float64, generator=gen)
@@ -118,7 +119,7 @@ def test_region_conv2d_onednn_plan_matches_float64(counted, monkeypatch):
 @pytest.mark.parametrize("eq7_path", ["stacked", "per_sample"])
 @pytest.mark.parametrize("terms", [1, 2])
 def test_structured_onednn_matches_float64(eq7_path, terms, counted, monkeypatch):
-    monkeypatch.setattr(structured, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 10 ** 6 if eq7_path == "stacked" else 0)
+    monkeypatch.setattr(paths, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 10 ** 6 if eq7_path == "stacked" else 0)
     gen = torch.Generator().manual_seed(4)
     batch, channels, out_channels, regions, size = 3, 8, 12, 4, 6
     x = torch.randn(batch, channels, size, size, dtype=torch.float64, generator=gen)

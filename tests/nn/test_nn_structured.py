@@ -4,7 +4,7 @@ import torch
 
 import facerec.nn.functional as functional
 import facerec.nn.structured as structured
-from facerec.nn import DRConv2d
+from facerec.nn import DRConv2d, paths
 from facerec.nn.structured import paper_region_conv2d
 from nn_reference import loop_forward, reference_region_conv
 
@@ -38,7 +38,7 @@ def _filters(coef, static, dynamic):
 @pytest.mark.parametrize("eq7_path", ["stacked", "per_sample"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_and_all_gradients_match_reference(shape, eq7_path, monkeypatch):
-    monkeypatch.setattr(structured, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 10 ** 6 if eq7_path == "stacked" else 0)
+    monkeypatch.setattr(paths, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 10 ** 6 if eq7_path == "stacked" else 0)
     monkeypatch.setattr(structured, "FILTER_CHUNK_ELEMENTS", 64)          # several filter chunks per batch
     x, guide, coef, static, dynamic, stride = _make(shape)
     inputs = [t.requires_grad_() for t in (x, guide, coef, static, dynamic)]
@@ -88,11 +88,11 @@ def test_backward_never_builds_more_than_a_chunk_of_filters(monkeypatch):
     shape = (5, 4, 4, 6, 6, 8, 1, 1)
     x, guide, coef, static, dynamic, stride = _make(shape)
     inputs = [t.requires_grad_() for t in (x, guide, coef, static, dynamic)]
-    monkeypatch.setattr(structured, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 0)
+    monkeypatch.setattr(paths, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 0)
     paper_region_conv2d(*inputs, stride).sum().backward()
     assert built and max(built) <= 2 * 8 * 4 * 4 < 5 * 8 * 4 * 4
     built.clear()
-    monkeypatch.setattr(structured, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 10 ** 6)
+    monkeypatch.setattr(paths, "STACKED_EQ7_MAX_PIXELS_PER_REGION", 10 ** 6)
     paper_region_conv2d(*inputs, stride).sum().backward()
     assert built == []
 
@@ -106,7 +106,7 @@ def test_layer_paths_agree_and_auto_rule(monkeypatch):
                         lambda *a, **k: calls.append(1) or paper_region_conv2d(*a, **k))
     y_auto = layer(x)                                            # 6x6 <= 14x14: structured
     assert calls == [1]
-    layer.paper_path = "gather"
+    layer.path = "gather"
     y_gather = layer(x)
     assert calls == [1]
     torch.testing.assert_close(y_auto, y_gather, rtol=1e-12, atol=1e-12)
@@ -114,16 +114,16 @@ def test_layer_paths_agree_and_auto_rule(monkeypatch):
     g_gather = torch.autograd.grad(y_gather.sum(), [x] + list(layer.parameters()))
     for a, b in zip(g_auto, g_gather):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    layer.paper_path = "auto"
+    layer.path = "auto"
     layer(torch.randn(1, 8, 15, 15, dtype=torch.float64))        # 15x15 > 14x14: gathered
     assert calls == [1]
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="paper_path"):
-        DRConv2d(4, 4, 1, paper_path="fast")
+    with pytest.raises(ValueError, match="path"):
+        DRConv2d(4, 4, 1, path="fast")
     with pytest.raises(ValueError, match="1x1"):
-        DRConv2d(4, 4, 3, padding=1, paper_path="structured")
+        DRConv2d(4, 4, 3, padding=1, path="structured")
     x, guide, coef, static, dynamic, stride = _make((2, 3, 4, 5, 5, 3, 1, 1))
     with pytest.raises(ValueError, match="guide must have shape"):
         paper_region_conv2d(x, guide[:, :, :4], coef, static, dynamic)

@@ -1,4 +1,5 @@
-// Fused 1x1 DRConv on CPU (float32, AVX-512), forward and backward: facerec/nn/_fused.py builds and loads it.
+// Fused 1x1 DRConv on CPU (float32, AVX-512), forward and backward: facerec/nn/kernels/fused_cpu.py builds
+// and loads it.
 //
 // For every sample b and region j the region filter W_bj = sum_k coef[b, j, k] K[j, k] (K given transposed,
 // (C, O) per kernel) is built in a per-thread buffer that stays in cache, the pixels of (b, j) are gathered from
@@ -331,107 +332,148 @@ torch::Tensor fused_region_forward(torch::Tensor x, torch::Tensor guide, torch::
   return y;
 }
 
-// Backward of fused_region_forward (stride 1 grid given as rows). x_rows: (B*P, C), dy_rows: (B*P, O) float32
-// contiguous; guide (B, m, Ho, Wo); coef (B, m, T); kernels_oc: (m, T, O * C) from pack_kernels of the (O, C)
-// kernels (any strides on the first two dims); kernels_plain: (m, T, O, C) (same kernels, row-major; any strides
-// on the first two dims). Returns (dx_rows (B*P, C), eq7 (B, m, Ho, Wo), dkernels (m, T, O, C), dcoef (B, m, T))
-// with eq7[b, j, p] = <dy_p, W_bj x_p> (the paper's Eq.7 for every region) and, when filter_grads (else zeros),
-// dkernels[j, k] = sum_b coef[b, j, k] G_bj, dcoef[b, j, k] = <G_bj, K[j, k]>, G_bj = sum_{p in (b, j)} dy_p x_p^T:
-// one (O x C) GEMM per (sample, region), efficient for large groups only (56x56), so callers with small groups
-// compute these per region over the batch instead.
-std::vector<torch::Tensor> fused_region_backward(torch::Tensor x_rows, torch::Tensor dy_rows, torch::Tensor guide,
-                                                 torch::Tensor coef, torch::Tensor kernels_oc,
-                                                 torch::Tensor kernels_plain, bool filter_grads) {
-  TORCH_CHECK(x_rows.dim() == 2 && x_rows.is_contiguous() && x_rows.scalar_type() == torch::kFloat, "x_rows");
-  TORCH_CHECK(dy_rows.dim() == 2 && dy_rows.is_contiguous() && dy_rows.scalar_type() == torch::kFloat, "dy_rows");
-  TORCH_CHECK(guide.dim() == 4 && guide.scalar_type() == torch::kFloat, "guide: (B, m, Ho, Wo) float32");
-  TORCH_CHECK(coef.dim() == 3 && coef.scalar_type() == torch::kFloat, "coef: (B, m, T) float32");
-  const int64_t batch = guide.size(0), regions = guide.size(1), out_w = guide.size(3);
-  const int64_t pixels = guide.size(2) * out_w, channels = x_rows.size(1), out_cols = dy_rows.size(1);
-  const int64_t terms = coef.size(2);
-  TORCH_CHECK(x_rows.size(0) == batch * pixels && dy_rows.size(0) == batch * pixels, "rows: B * Ho * Wo");
-  TORCH_CHECK(kernels_oc.dim() == 3 && kernels_oc.size(0) == regions && kernels_oc.size(1) == terms &&
-              kernels_oc.size(2) == out_cols * channels && kernels_oc.stride(2) == 1, "kernels_oc: (m, T, O * C)");
-  TORCH_CHECK(kernels_plain.dim() == 4 && kernels_plain.size(0) == regions && kernels_plain.size(1) == terms &&
-              kernels_plain.size(2) == out_cols && kernels_plain.size(3) == channels &&
-              kernels_plain.stride(3) == 1 && kernels_plain.stride(2) == channels, "kernels_plain: (m, T, O, C)");
-  TORCH_CHECK(coef.size(0) == batch && coef.size(1) == regions, "coef shape");
-  std::vector<int64_t> order(batch * pixels), starts(batch * (regions + 1));
-  region_order(guide, batch, regions, out_w, pixels, order, starts);
-  auto coef_c = coef.contiguous();
-  auto dx = torch::empty({batch * pixels, channels}, x_rows.options());
-  auto eq7 = torch::zeros({batch, regions, guide.size(2), out_w}, x_rows.options());
-  // without filter_grads these stay empty (0 elements): the caller computes them per region
-  auto dk = filter_grads ? torch::zeros({regions, terms, out_cols, channels}, x_rows.options())
-                         : torch::empty({0}, x_rows.options());
-  auto dcoef = filter_grads ? torch::zeros({batch, regions, terms}, x_rows.options())
-                            : torch::empty({0}, x_rows.options());
-  const float* xp = x_rows.data_ptr<float>();
-  const float* dyp = dy_rows.data_ptr<float>();
-  const float* cp = coef_c.data_ptr<float>();
-  const float* kp = kernels_oc.data_ptr<float>();
-  const int64_t kr = kernels_oc.stride(0), kt = kernels_oc.stride(1);
-  const float* pp = kernels_plain.data_ptr<float>();
-  const int64_t pr = kernels_plain.stride(0), pt = kernels_plain.stride(1);
-  float* dxp = dx.data_ptr<float>();
-  float* gp = eq7.data_ptr<float>();
-  float* dkp = dk.data_ptr<float>();
-  float* dcp = dcoef.data_ptr<float>();
-  const int64_t size = channels * out_cols;
-  std::mutex merge;
-  std::map<int64_t, std::pair<int64_t, std::vector<float>>> partials;   // first task -> (first region, sums)
-  at::parallel_for(0, regions * batch, 1, [&](int64_t lo, int64_t hi) {
-    const int64_t j_lo = lo / batch, j_hi = (hi - 1) / batch;
-    std::vector<float> w(size), acc(filter_grads ? (j_hi - j_lo + 1) * terms * size : 0, 0.f);
-    std::vector<float> gbuf(filter_grads ? size : 0), at(filter_grads ? out_cols * pixels : 0);
-    std::vector<float> bpk(filter_grads ? pixels * channels : 0);
-    std::vector<const float*> xrow(pixels), dyrow(pixels), kern(terms);
-    std::vector<float*> dxrow(pixels), accp(terms), grow(out_cols);
-    for (int64_t task = lo; task < hi; ++task) {
-      const int64_t j = task / batch, b = task % batch;
-      const int64_t* st = starts.data() + b * (regions + 1);
-      const int64_t n = st[j + 1] - st[j];
-      const int64_t* pix = order.data() + b * pixels + st[j];
-      const float* cj = cp + (b * regions + j) * terms;
-      // Eq.7 for every pixel of the sample and dX for the region's own pixels: T = dY_b (P x O) @ W_bj (O x C)
-      build_filter(w.data(), kp + j * kr, kt, cj, terms, size);
-      for (int64_t p = 0; p < pixels; ++p) {
-        xrow[p] = xp + (b * pixels + p) * channels;
-        dxrow[p] = nullptr;
-      }
-      for (int64_t i = 0; i < n; ++i) dxrow[pix[i]] = dxp + (b * pixels + pix[i]) * channels;
-      gemm_rows_ep(pixels, dyp + b * pixels * out_cols, out_cols, w.data(), channels, xrow.data(), dxrow.data(),
-                   gp + (b * regions + j) * pixels);
-      if (n == 0 || !filter_grads) continue;
-      // filter gradient of (b, j) into this thread's accumulators, coefficient gradient
-      for (int64_t i = 0; i < n; ++i) {
-        xrow[i] = xp + (b * pixels + pix[i]) * channels;
-        dyrow[i] = dyp + (b * pixels + pix[i]) * out_cols;
-      }
-      for (int64_t k = 0; k < terms; ++k) {
-        accp[k] = acc.data() + ((j - j_lo) * terms + k) * size;
-        kern[k] = pp + j * pr + k * pt;
-      }
-      filter_grad(n, dyrow.data(), xrow.data(), out_cols, channels, cj, terms, accp.data(), kern.data(),
-                  dcp + (b * regions + j) * terms, at.data(), bpk.data(), gbuf.data(), grow.data());
-    }
-    if (!filter_grads) return;
-    std::lock_guard<std::mutex> guard(merge);
-    partials.emplace(lo, std::make_pair(j_lo, std::move(acc)));
-  });
-  // Merge the per-thread partial sums in task order (not in the order threads finished): the same result on
-  // every run with the same thread count.
+namespace {
+
+// The tensors of fused_region_backward (layouts there), checked, with their raw pointers and strides for the
+// tasks: one task per (region j, sample b).
+struct BackwardProblem {
+  int64_t batch, regions, out_w, pixels, channels, out_cols, terms, size;
+  const float *xp, *dyp, *cp, *kp, *pp;
+  int64_t kr, kt, pr, pt;
+  float *dxp, *gp, *dkp, *dcp;
+  std::vector<int64_t> order, starts;   // pixels of every sample ordered by region (region_order)
+
+  BackwardProblem(const torch::Tensor& x_rows, const torch::Tensor& dy_rows, const torch::Tensor& guide,
+                  const torch::Tensor& coef, const torch::Tensor& kernels_oc, const torch::Tensor& kernels_plain) {
+    TORCH_CHECK(x_rows.dim() == 2 && x_rows.is_contiguous() && x_rows.scalar_type() == torch::kFloat, "x_rows");
+    TORCH_CHECK(dy_rows.dim() == 2 && dy_rows.is_contiguous() && dy_rows.scalar_type() == torch::kFloat,
+                "dy_rows");
+    TORCH_CHECK(guide.dim() == 4 && guide.scalar_type() == torch::kFloat, "guide: (B, m, Ho, Wo) float32");
+    TORCH_CHECK(coef.dim() == 3 && coef.scalar_type() == torch::kFloat && coef.is_contiguous(),
+                "coef: (B, m, T) float32, contiguous");
+    batch = guide.size(0), regions = guide.size(1), out_w = guide.size(3);
+    pixels = guide.size(2) * out_w, channels = x_rows.size(1), out_cols = dy_rows.size(1), terms = coef.size(2);
+    size = channels * out_cols;
+    TORCH_CHECK(x_rows.size(0) == batch * pixels && dy_rows.size(0) == batch * pixels, "rows: B * Ho * Wo");
+    TORCH_CHECK(kernels_oc.dim() == 3 && kernels_oc.size(0) == regions && kernels_oc.size(1) == terms &&
+                kernels_oc.size(2) == size && kernels_oc.stride(2) == 1, "kernels_oc: (m, T, O * C)");
+    TORCH_CHECK(kernels_plain.dim() == 4 && kernels_plain.size(0) == regions && kernels_plain.size(1) == terms &&
+                kernels_plain.size(2) == out_cols && kernels_plain.size(3) == channels &&
+                kernels_plain.stride(3) == 1 && kernels_plain.stride(2) == channels, "kernels_plain: (m, T, O, C)");
+    TORCH_CHECK(coef.size(0) == batch && coef.size(1) == regions, "coef shape");
+    xp = x_rows.data_ptr<float>(), dyp = dy_rows.data_ptr<float>(), cp = coef.data_ptr<float>();
+    kp = kernels_oc.data_ptr<float>(), kr = kernels_oc.stride(0), kt = kernels_oc.stride(1);
+    pp = kernels_plain.data_ptr<float>(), pr = kernels_plain.stride(0), pt = kernels_plain.stride(1);
+    order.resize(batch * pixels);
+    starts.resize(batch * (regions + 1));
+    region_order(guide, batch, regions, out_w, pixels, order, starts);
+  }
+};
+
+// A thread's buffers: the filter W_bj, row pointers, and (with filter gradients) the work space of filter_grad and
+// the partial kernel gradients of its regions [j_lo, j_hi].
+struct BackwardScratch {
+  std::vector<float> w, acc, gbuf, at, bpk;
+  std::vector<const float*> xrow, dyrow, kern;
+  std::vector<float*> dxrow, accp, grow;
+  int64_t j_lo;
+
+  BackwardScratch(const BackwardProblem& pb, int64_t j_lo, int64_t j_hi, bool filter_grads)
+      : w(pb.size), acc(filter_grads ? (j_hi - j_lo + 1) * pb.terms * pb.size : 0, 0.f),
+        gbuf(filter_grads ? pb.size : 0), at(filter_grads ? pb.out_cols * pb.pixels : 0),
+        bpk(filter_grads ? pb.pixels * pb.channels : 0), xrow(pb.pixels), dyrow(pb.pixels), kern(pb.terms),
+        dxrow(pb.pixels), accp(pb.terms), grow(pb.out_cols), j_lo(j_lo) {}
+};
+
+// Eq.7 for every pixel of sample b and dX for region j's own pixels (pix[0:n]): T = dY_b (P x O) @ W_bj (O x C),
+// g_j(p) = <T_p, x_p> in the GEMM's epilogue.
+void eq7_and_dx(const BackwardProblem& pb, BackwardScratch& s, int64_t b, int64_t j, const int64_t* pix,
+                int64_t n) {
+  build_filter(s.w.data(), pb.kp + j * pb.kr, pb.kt, pb.cp + (b * pb.regions + j) * pb.terms, pb.terms, pb.size);
+  for (int64_t p = 0; p < pb.pixels; ++p) {
+    s.xrow[p] = pb.xp + (b * pb.pixels + p) * pb.channels;
+    s.dxrow[p] = nullptr;
+  }
+  for (int64_t i = 0; i < n; ++i) s.dxrow[pix[i]] = pb.dxp + (b * pb.pixels + pix[i]) * pb.channels;
+  gemm_rows_ep(pb.pixels, pb.dyp + b * pb.pixels * pb.out_cols, pb.out_cols, s.w.data(), pb.channels,
+               s.xrow.data(), s.dxrow.data(), pb.gp + (b * pb.regions + j) * pb.pixels);
+}
+
+// The filter gradient G_bj of (b, j) (its n pixels pix[0:n]) folded into the thread's accumulators of region j,
+// and the coefficient gradient dcoef[b, j, k] = <G_bj, K[j, k]>.
+void fold_filter_grad(const BackwardProblem& pb, BackwardScratch& s, int64_t b, int64_t j, const int64_t* pix,
+                      int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    s.xrow[i] = pb.xp + (b * pb.pixels + pix[i]) * pb.channels;
+    s.dyrow[i] = pb.dyp + (b * pb.pixels + pix[i]) * pb.out_cols;
+  }
+  for (int64_t k = 0; k < pb.terms; ++k) {
+    s.accp[k] = s.acc.data() + ((j - s.j_lo) * pb.terms + k) * pb.size;
+    s.kern[k] = pb.pp + j * pb.pr + k * pb.pt;
+  }
+  const int64_t bj = b * pb.regions + j;
+  filter_grad(n, s.dyrow.data(), s.xrow.data(), pb.out_cols, pb.channels, pb.cp + bj * pb.terms, pb.terms,
+              s.accp.data(), s.kern.data(), pb.dcp + bj * pb.terms, s.at.data(), s.bpk.data(), s.gbuf.data(),
+              s.grow.data());
+}
+
+// Adds the threads' partial kernel gradients (first task -> (first region, sums)) into dk in task order, not in the
+// order threads finished: the same result on every run with the same thread count.
+void merge_partials(const BackwardProblem& pb,
+                    const std::map<int64_t, std::pair<int64_t, std::vector<float>>>& partials) {
   for (const auto& entry : partials) {
     const int64_t j_lo = entry.second.first;
     const std::vector<float>& acc = entry.second.second;
-    const int64_t count = static_cast<int64_t>(acc.size()) / (terms * size);
+    const int64_t count = static_cast<int64_t>(acc.size()) / (pb.terms * pb.size);
     for (int64_t jj = 0; jj < count; ++jj)
-      for (int64_t k = 0; k < terms; ++k) {
-        float* dst = dkp + ((j_lo + jj) * terms + k) * size;
-        const float* src = acc.data() + (jj * terms + k) * size;
-        for (int64_t e = 0; e < size; ++e) dst[e] += src[e];
+      for (int64_t k = 0; k < pb.terms; ++k) {
+        float* dst = pb.dkp + ((j_lo + jj) * pb.terms + k) * pb.size;
+        const float* src = acc.data() + (jj * pb.terms + k) * pb.size;
+        for (int64_t e = 0; e < pb.size; ++e) dst[e] += src[e];
       }
   }
+}
+
+}  // namespace
+
+// Backward of fused_region_forward (stride 1 grid given as rows). x_rows: (B*P, C), dy_rows: (B*P, O) float32
+// contiguous; guide (B, m, Ho, Wo); coef (B, m, T) contiguous; kernels_oc: (m, T, O * C) from pack_kernels of the
+// (O, C) kernels (any strides on the first two dims); kernels_plain: (m, T, O, C) (same kernels, row-major; any
+// strides on the first two dims). Returns (dx_rows (B*P, C), eq7 (B, m, Ho, Wo), dkernels (m, T, O, C), dcoef
+// (B, m, T)) with eq7[b, j, p] = <dy_p, W_bj x_p> (the paper's Eq.7 for every region) and, when filter_grads (else
+// empty), dkernels[j, k] = sum_b coef[b, j, k] G_bj, dcoef[b, j, k] = <G_bj, K[j, k]>, G_bj = sum_{p in (b, j)}
+// dy_p x_p^T: one (O x C) GEMM per (sample, region), efficient for large groups only (56x56), so callers with small
+// groups compute these per region over the batch instead (fused_region_filter_grads).
+std::vector<torch::Tensor> fused_region_backward(torch::Tensor x_rows, torch::Tensor dy_rows, torch::Tensor guide,
+                                                 torch::Tensor coef, torch::Tensor kernels_oc,
+                                                 torch::Tensor kernels_plain, bool filter_grads) {
+  auto coef_c = coef.contiguous();
+  BackwardProblem pb(x_rows, dy_rows, guide, coef_c, kernels_oc, kernels_plain);
+  const auto options = x_rows.options();
+  auto dx = torch::empty({pb.batch * pb.pixels, pb.channels}, options);
+  auto eq7 = torch::zeros({pb.batch, pb.regions, guide.size(2), pb.out_w}, options);
+  auto dk = filter_grads ? torch::zeros({pb.regions, pb.terms, pb.out_cols, pb.channels}, options)
+                         : torch::empty({0}, options);
+  auto dcoef = filter_grads ? torch::zeros({pb.batch, pb.regions, pb.terms}, options) : torch::empty({0}, options);
+  pb.dxp = dx.data_ptr<float>(), pb.gp = eq7.data_ptr<float>();
+  pb.dkp = dk.data_ptr<float>(), pb.dcp = dcoef.data_ptr<float>();
+  std::mutex merge;
+  std::map<int64_t, std::pair<int64_t, std::vector<float>>> partials;   // first task -> (first region, sums)
+  at::parallel_for(0, pb.regions * pb.batch, 1, [&](int64_t lo, int64_t hi) {
+    BackwardScratch scratch(pb, lo / pb.batch, (hi - 1) / pb.batch, filter_grads);
+    for (int64_t task = lo; task < hi; ++task) {
+      const int64_t j = task / pb.batch, b = task % pb.batch;
+      const int64_t* st = pb.starts.data() + b * (pb.regions + 1);
+      const int64_t n = st[j + 1] - st[j];
+      const int64_t* pix = pb.order.data() + b * pb.pixels + st[j];
+      eq7_and_dx(pb, scratch, b, j, pix, n);
+      if (n > 0 && filter_grads) fold_filter_grad(pb, scratch, b, j, pix, n);
+    }
+    if (!filter_grads) return;
+    std::lock_guard<std::mutex> guard(merge);
+    partials.emplace(lo, std::make_pair(scratch.j_lo, std::move(scratch.acc)));
+  });
+  merge_partials(pb, partials);
   return {dx, eq7, dk, dcoef};
 }
 

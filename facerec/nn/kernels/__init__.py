@@ -1,0 +1,1 @@
+"""Device kernels behind the region-convolution operator."""
