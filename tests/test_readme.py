@@ -1,11 +1,16 @@
-"""The README and docs/ pages: shape of the README, its runnable parts, and every command they show.
+"""The README and docs/ pages against the code: shape of the README, its runnable parts, every command, file
+and keyword they name.
 
 Runs what needs no external data (the "Use from Python" snippet, facerec-complexity, the scripts' --help) and
 checks that every ``facerec-*`` / script command in README.md and docs/*.md names a real console script and
-only options that command accepts.
+only options that command accepts, that every linked file and every repository path in a code span exists,
+and that the keyword lists of ``DRConv2d`` and ``create_pointwise_conv`` in docs/layers.md (and in the
+``facerec.nn.pointwise`` docstring) are the signatures' own.
 """
+import ast
 import contextlib
 import importlib
+import inspect
 import io
 import re
 import subprocess
@@ -26,13 +31,26 @@ SUBCOMMANDS = {"facerec-megaface": ("extract", "score")}
 
 
 def _fenced(text, lang):
-    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+    """Bodies of the fenced blocks opened with ```<lang> (``""``: a bare fence), indented ones included."""
+    blocks, open_lang, body = [], None, []
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            if open_lang is None:
+                open_lang, body = line.lstrip()[3:].strip(), []
+            else:
+                if open_lang == lang:
+                    blocks.append("".join(f"{b}\n" for b in body))
+                open_lang = None
+        elif open_lang is not None:
+            body.append(line)
+    return blocks
 
 
 def _commands(text):
-    """Command lines (continuations joined, comments dropped) from bash blocks and inline code spans."""
+    """Command lines (continuations joined, comments dropped) from shell blocks (```bash or a bare ```) and
+    inline code spans."""
     lines = []
-    for block in _fenced(text, "bash"):
+    for block in _fenced(text, "bash") + _fenced(text, ""):
         lines += block.replace("\\\n", " ").splitlines()
     lines += re.findall(r"`([^`\n]*(?:facerec-|train_face\.py|eval_megaface\.py|visualize_masks\.py)[^`\n]*)`", text)
     out = []
@@ -143,3 +161,93 @@ def test_complexity_command_of_the_readme(capsys):
     assert main(line.split()[1:]) == 0
     out = capsys.readouterr().out
     assert "| drconv_mobilefacenet | 112x96 |" in out and "MADDs (M), paper Table 2" in out
+
+
+# Repository paths named in code spans: `facerec/...`, `benchmarks/...`, `configs/...`, `tests/...`, `docs/...`
+# (a `<placeholder>` or `*` is a glob; `file.py::test_name` names a test in that file).
+_REPO_PATH = re.compile(r"`((?:facerec|benchmarks|configs|tests|docs)/[^`\s]*)`")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_repository_paths_in_pages_exist(page):
+    for named in _REPO_PATH.findall(page.read_text()):
+        path, _, test = named.partition("::")
+        pattern = re.sub(r"<[^>]*>", "*", path.rstrip("/"))
+        if "*" in pattern:
+            assert list(ROOT.glob(pattern)), f"{page.name}: nothing matches {named}"
+            continue
+        assert (ROOT / pattern).exists(), f"{page.name} names a missing {named}"
+        if test:
+            assert re.search(rf"^def {re.escape(test)}\(", (ROOT / pattern).read_text(), re.M), \
+                f"{page.name}: {path} has no test {test}"
+
+
+LAYERS = (ROOT / "docs" / "layers.md").read_text()
+# What create_pointwise_conv itself passes to DRConv2d (the rest of DRConv2d's parameters are kind keywords).
+_POINTWISE_FIXED = {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias"}
+
+
+def _section(text, title):
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _documented_signature(section, name):
+    """{parameter: default source or None} of the ``name(...)`` call shown in the section's python block."""
+    (block,) = [b for b in _fenced(section, "python") if b.lstrip().startswith(f"{name}(")]
+    call = block.strip().replace(f"{name}(", "def _(", 1) + ": pass"
+    args = ast.parse(call).body[0].args
+    positional = args.posonlyargs + args.args
+    defaults = [None] * (len(positional) - len(args.defaults)) + [ast.unparse(d) for d in args.defaults]
+    out = {a.arg: d for a, d in zip(positional, defaults)}
+    out.update({a.arg: (ast.unparse(d) if d is not None else None) for a, d in zip(args.kwonlyargs, args.kw_defaults)})
+    return out
+
+
+def _code_names(cell):
+    return re.findall(r"`([a-z_]+)`", cell)
+
+
+def test_drconv2d_keywords_in_layers_md_are_the_signature():
+    from facerec.nn import DRConv2d
+
+    actual = {n: (None if p.default is inspect.Parameter.empty else repr(p.default))
+              for n, p in inspect.signature(DRConv2d).parameters.items()}
+    section = _section(LAYERS, "DRConv2d keywords")
+    documented = _documented_signature(section, "DRConv2d")
+    assert list(documented) == list(actual), "docs/layers.md: DRConv2d's parameters, in order"
+    assert {n: d and repr(ast.literal_eval(d)) for n, d in documented.items()} == actual, "the defaults"
+    table = [row for row in section.splitlines() if row.startswith("| `")]
+    assert sorted(n for row in table for n in _code_names(row.split("|")[1])) == sorted(actual), \
+        "docs/layers.md: one table row per DRConv2d keyword"
+
+
+def _pointwise_kinds_documented():
+    """{kind: [keyword names]} from the create_pointwise_conv table of docs/layers.md."""
+    kinds = {}
+    for row in _section(LAYERS, "create_pointwise_conv keywords").splitlines():
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            kinds[cells[0].strip("`")] = _code_names(cells[2])
+    return kinds
+
+
+def test_create_pointwise_conv_keywords_in_layers_md_are_the_accepted_ones():
+    from facerec.nn import DRConv2d, pointwise
+
+    documented = _pointwise_kinds_documented()
+    assert sorted(documented) == sorted(pointwise.POINTWISE_KINDS)
+    drconv = [n for n in inspect.signature(DRConv2d).parameters if n not in _POINTWISE_FIXED]
+    assert documented["drconv"] == drconv, "docs/layers.md: the drconv kind takes DRConv2d's other keywords"
+    for kind, names in documented.items():
+        assert sorted(names) == sorted(pointwise._KIND_KEYWORDS[kind]), f"create_pointwise_conv({kind!r}, ...)"
+
+
+def test_pointwise_module_docstring_lists_the_accepted_keywords():
+    from facerec.nn import pointwise
+
+    doc = pointwise.__doc__
+    for kind, names in pointwise._KIND_KEYWORDS.items():
+        line = re.search(rf'^\* "{kind}":(.*?)(?=^\*|^\S|\Z)', doc, re.M | re.S)
+        assert line, f"facerec/nn/pointwise.py: no entry for {kind!r}"
+        listed = set(re.findall(r"\b([a-z_]+)=", line.group(1))) - {"stride", "bias"}  # every kind's own
+        assert sorted(listed) == sorted(names), f"facerec/nn/pointwise.py docstring, kind {kind!r}"
