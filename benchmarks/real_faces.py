@@ -143,7 +143,8 @@ def study_config(name: str, rec_dir: Path, out_dir: Path, *, seed: int, steps: i
     steps_at = milestones(steps) if lr_steps is None else lr_steps
     overrides = [
         f"name=real_faces_{variant}", f"model.input_size={INPUT_SIZE[0]},{INPUT_SIZE[1]}", f"data.path={rec_dir}",
-        f"data.batch_size={batch}", "data.num_workers=0", f"optim.lr={lr}", f"schedule.total_steps={steps}",
+        f"data.batch_size={batch}", "data.num_workers=0", f"optim.lr={lr}", "optim.lr_batch=0",
+        f"schedule.total_steps={steps}",
         f"schedule.milestones=[{','.join(str(m) for m in steps_at)}]", f"schedule.warmup_steps={warmup}",
         "schedule.gamma=0.1", f"train.seed={seed}", "train.device=cpu", "train.amp=none", "train.threads=1",
         "train.resume=auto", f"train.out_dir={out_dir}", "train.tensorboard=false",

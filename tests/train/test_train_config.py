@@ -95,6 +95,10 @@ def test_paper_configs_follow_the_recipe(name):
     assert cfg.schedule.total_steps == 420_000
     assert cfg.schedule.milestones == (252_000, 364_000, 406_000) and cfg.schedule.gamma == 0.1
     assert cfg.data.batch_size == 512 and cfg.data.path == "data/ms1m-v2"
+    # lr 0.1 belongs to batch 512: the runner scales it for other batches (linear rule)
+    from facerec.train.schedule import base_lr
+    assert cfg.optim.lr_batch == 512
+    assert base_lr(cfg.optim, 512) == 0.1 and base_lr(cfg.optim, 64) == pytest.approx(0.0125)
 
 
 def test_demo_config_loads():
