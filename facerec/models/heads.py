@@ -76,10 +76,16 @@ class MarginHead(nn.Module):
 
 
 def _one_hot(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cos.shape[1]):
-        raise ValueError(f"labels must lie in [0, {cos.shape[1]}), got min {int(labels.min())} "
-                         f"max {int(labels.max())}")
-    return F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+    """(B, n) one-hot of ``labels`` (B,) in ``cos``'s dtype. Out-of-range labels: ValueError on CPU; on other
+    devices an asynchronous device assert, so a training step never waits for the host (CUDA graphs, no sync)."""
+    classes = cos.shape[1]
+    if labels.device.type == "cpu":
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+            raise ValueError(f"labels must lie in [0, {classes}), got min {int(labels.min())} "
+                             f"max {int(labels.max())}")
+    elif labels.numel():
+        torch._assert_async(((labels >= 0) & (labels < classes)).all(), f"labels must lie in [0, {classes})")
+    return torch.zeros_like(cos).scatter_(1, labels.long().unsqueeze(1), 1.0)
 
 
 class AMSoftmax(MarginHead):
