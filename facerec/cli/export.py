@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="with --model: input size (default 112 112)")
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17,
+                   help="ONNX opset (default 17; at least 13 for the paper generator's 1x1 DRConvs)")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest allowed |ONNX - PyTorch| on normalised embeddings (default 1e-4)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")

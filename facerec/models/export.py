@@ -1,23 +1,31 @@
 """ONNX export of a backbone, DRConv included, and the check of the file against PyTorch.
 
-The training forwards of two layers do not export as they are: ``DRConv2d`` runs ``region_conv2d``, a custom
-autograd Function (per-region gathers, the paper's straight-through backward), and ``CondConv2d`` runs one
-grouped conv with ``groups = batch``, which a traced graph would freeze at the export batch size. For export,
-:func:`exportable` returns a copy of the model in which every such layer is wrapped by a module that computes
-the same maths with plain ONNX operators (MatMul, ArgMax, Equal, ReduceSum), sharing the original parameters:
+The training forwards of two layers do not export as they are: ``DRConv2d`` runs the region convolution operator
+(per-region gathers, the paper's straight-through backward), and ``CondConv2d`` runs one grouped conv with
+``groups = batch``, which a traced graph would freeze at the export batch size. For export, :func:`exportable`
+returns a copy of the model in which such layers are replaced by modules that compute the same maths with
+standard ONNX operators, sharing the original parameters:
 
-* DRConv (paper Eq.3-5): all m region outputs ``y_j = W_j * x`` (im2col + one batched matmul with the
-  generated filters (B, m, O, C, kh, kw) of ``DRConv2d.filter_generator``), then a one-hot select by the guided
-  mask ``argmax_j F[:, j, p]`` (ties to the lowest index, as ``facerec.nn.functional.guided_mask`` and ONNX
-  ArgMax), plus the static bias. F is the layer's ``guide`` conv, or the guided feature the block passes in
-  (``external_guide``). It costs m times a conv: fine for deployment of MobileFaceNet-size models, and
-  exactly the layer's forward.
+* MobileFaceNet bottleneck whose shared guide drives two 1x1 paper-generator DRConvs (``drconv_mobilefacenet``):
+  ``facerec.models.export_regions.ExportRegionBottleneck``. The pixels become rows, sorted by region once per
+  mask; each region's rows meet its static kernels ``[A_j; V_j]`` in one Gemm after the rows are scaled by the
+  per-sample coefficients, ``[x, s x]``; the results go back to pixel order with one Gather. About (1 + t)
+  convolutions of work per layer (t = h/m = 1 in the shipped model), never the m region outputs of a pixel.
+* Other DRConv2d layers (``ExportDRConv2d``): a 1x1 paper-generator layer without padding takes the same
+  region-gathered form on its own; the basis generator the dense-basis form (its ``num_bases`` shared kernels
+  on every pixel as one conv, mixed per pixel by the routing weights of its region: r convolutions of work, r =
+  4 by default, m = 8); a k x k paper-generator layer keeps the plain form: all m region outputs ``W_j * x``
+  (im2col + a batched matmul with the generated filters), then a one-hot select by the mask (m convolutions of
+  work). The guided mask is ``argmax_j F[:, j, p]`` (ties to the lowest index, as
+  ``facerec.nn.functional.guided_mask`` and ONNX ArgMax); F is the layer's ``guide`` conv or the guided feature
+  the block passes in (``external_guide``).
 * CondConv: the per-sample mixed kernel (B, O, C, kh, kw) applied by a batched matmul over im2col columns.
 
 :func:`export_onnx` writes ``images`` (B, 3, H, W) float, normalised as ``facerec.data.transforms.normalize``
--> ``embeddings`` (B, D) (not normalised), batch size dynamic. :func:`compare_onnx` runs the file with
-onnxruntime (optional extra ``export``) and returns the largest absolute difference of the L2-normalised
-embeddings against the PyTorch model in eval mode.
+-> ``embeddings`` (B, D) (not normalised), batch size dynamic, spatial size fixed. :func:`compare_onnx` runs the
+file with onnxruntime (optional extra ``export``) and returns the largest absolute difference of the
+L2-normalised embeddings against the PyTorch model in eval mode. Speed in onnxruntime against the plain
+backbone: ``benchmarks/onnx_speed.py`` (docs/models.md).
 """
 from __future__ import annotations
 
@@ -32,9 +40,14 @@ from torch import Tensor, nn
 
 from facerec.nn import CondConv2d, DRConv2d
 
-__all__ = ["ExportCondConv2d", "ExportDRConv2d", "compare_onnx", "export_onnx", "exportable"]
+from .export_regions import (ExportRegionBottleneck, paper_pointwise_rows, region_pointwise_supported,
+                             region_routing, to_rows)
+
+__all__ = ["ExportCondConv2d", "ExportDRConv2d", "ExportRegionBottleneck", "compare_onnx", "export_onnx",
+           "exportable"]
 
 DEFAULT_OPSET = 17
+MIN_REGION_OPSET = 13  # Split with its sizes as an input
 
 
 def _columns(x: Tensor, kernel_size, stride, padding, dilation) -> Tensor:
@@ -45,7 +58,12 @@ def _columns(x: Tensor, kernel_size, stride, padding, dilation) -> Tensor:
 
 
 class ExportDRConv2d(nn.Module):
-    """Export forward of a ``DRConv2d`` (same parameters, same outputs): all m outputs, one-hot select.
+    """Export forward of a ``DRConv2d`` (same parameters, same outputs), by generator and kernel:
+
+    * paper generator, 1x1, no padding: the region-gathered form (``facerec.models.export_regions``);
+    * basis generator: the dense-basis form, the r shared kernels as one conv (``filter_generator.basis``) mixed
+      per pixel by the routing weights of the pixel's region;
+    * paper generator, k x k: all m region outputs, then a one-hot select by the mask.
 
     Shapes: x (B, C, H, W) [, guide_feature (B, m, Ho, Wo)] -> (B, O, Ho, Wo).
     """
@@ -62,6 +80,40 @@ class ExportDRConv2d(nn.Module):
             if layer.guide is None:
                 raise ValueError("this DRConv2d has external_guide=True: call forward(x, guide_feature)")
             guide_feature = layer.guide(x)
+        if region_pointwise_supported(layer):
+            return self._region_pointwise(x, guide_feature)  # the bias included
+        if layer.generator == "basis":
+            out = self._dense_basis(x, guide_feature)
+        else:
+            out = self._all_regions(x, guide_feature)
+        if layer.bias is not None:
+            out = out + layer.bias.view(1, -1, 1, 1).to(out.dtype)
+        return out
+
+    def _region_pointwise(self, x: Tensor, guide_feature: Tensor) -> Tensor:
+        layer = self.layer
+        coefficients = layer.filter_generator.coefficients(x)  # of the unstrided input, as the layer
+        if tuple(layer.stride) != (1, 1):
+            x = x[:, :, ::layer.stride[0], ::layer.stride[1]]
+        height, width = int(x.shape[2]), int(x.shape[3])
+        region = torch.argmax(guide_feature, dim=1).reshape(-1, height * width)  # first maximum
+        routing = region_routing(region, layer.regions)
+        out = paper_pointwise_rows(layer, to_rows(x), routing, coefficients)
+        return out.reshape(-1, height, width, layer.out_channels).permute(0, 3, 1, 2)
+
+    def _dense_basis(self, x: Tensor, guide_feature: Tensor) -> Tensor:
+        gen = self.layer.filter_generator
+        bases = gen.basis(x)  # (B, r*O, Ho, Wo): every shared kernel on every pixel
+        height, width = int(bases.shape[2]), int(bases.shape[3])
+        region = torch.argmax(guide_feature, dim=1).reshape(-1, 1, height * width)  # (B, 1, L)
+        weights = gen.routing(x).transpose(1, 2)  # (B, r, m)
+        per_pixel = torch.gather(weights, 2, region.expand(-1, gen.num_bases, -1))  # (B, r, L)
+        bases = bases.reshape(-1, gen.num_bases, self.layer.out_channels, height * width)
+        out = (bases * per_pixel.unsqueeze(2)).sum(1)  # (B, O, L)
+        return out.reshape(-1, self.layer.out_channels, height, width)
+
+    def _all_regions(self, x: Tensor, guide_feature: Tensor) -> Tensor:
+        layer = self.layer
         batch, regions = x.shape[0], layer.regions
         filters = layer.filter_generator(x)  # (B, m, O, C, kh, kw)
         cols = _columns(x, layer.kernel_size, layer.stride, layer.padding, layer.dilation)  # (B, C*k*k, L)
@@ -71,10 +123,7 @@ class ExportDRConv2d(nn.Module):
         region = torch.argmax(guide_feature, dim=1, keepdim=True)  # (B, 1, Ho, Wo), first maximum
         index = torch.arange(regions, device=x.device).view(1, regions, 1, 1)
         mask = (region == index).to(out.dtype).unsqueeze(2)  # (B, m, 1, Ho, Wo) one-hot
-        out = (out * mask).sum(dim=1)
-        if layer.bias is not None:
-            out = out + layer.bias.view(1, -1, 1, 1).to(out.dtype)
-        return out
+        return (out * mask).sum(dim=1)
 
 
 class ExportCondConv2d(nn.Module):
@@ -106,19 +155,35 @@ class ExportCondConv2d(nn.Module):
 _WRAPPERS = {DRConv2d: ExportDRConv2d, CondConv2d: ExportCondConv2d}
 
 
-def exportable(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with every DRConv2d / CondConv2d wrapped for export.
+def _export_module(module: nn.Module) -> nn.Module | None:
+    """The export replacement of ``module``, or None when it exports as it is."""
+    if ExportRegionBottleneck.supports(module):
+        return ExportRegionBottleneck(module)
+    wrapper = _WRAPPERS.get(type(module))
+    return None if wrapper is None else wrapper(module)
 
-    The copy computes the same outputs as ``model.eval()``; ``model`` itself is not changed.
+
+def _replace_for_export(parent: nn.Module) -> None:
+    for name, child in list(parent.named_children()):
+        replacement = _export_module(child)
+        if replacement is None:
+            _replace_for_export(child)
+        else:
+            setattr(parent, name, replacement)
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with its DRConv blocks and layers and CondConv layers replaced by
+    their export forms (see the module docstring).
+
+    The copy computes the same outputs as ``model.eval()`` (float rounding aside); ``model`` itself is not
+    changed.
     """
-    if type(model) in _WRAPPERS:
-        return _WRAPPERS[type(model)](copy.deepcopy(model)).eval()
     clone = copy.deepcopy(model).eval()
-    for parent in list(clone.modules()):
-        for name, child in list(parent.named_children()):
-            wrapper = _WRAPPERS.get(type(child))
-            if wrapper is not None:
-                setattr(parent, name, wrapper(child))
+    replacement = _export_module(clone)
+    if replacement is not None:
+        return replacement.eval()
+    _replace_for_export(clone)
     return clone
 
 
@@ -139,7 +204,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size=None, opset: i
         model: e.g. ``facerec.models.load_backbone(ckpt)``; not modified (a copy is exported).
         path: output ``.onnx`` file (parent folders are created).
         input_size: (H, W); default ``model.input_size``.
-        opset: ONNX opset (default 17).
+        opset: ONNX opset (default 17; >= 13 for a model with 1x1 paper-generator DRConvs).
 
     Uses the TorchScript-based exporter (``dynamo=False``), which every torch in the supported range has and
     which needs no extra package.
@@ -149,9 +214,14 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size=None, opset: i
     path.parent.mkdir(parents=True, exist_ok=True)
     device = next(iter(model.parameters()), torch.zeros(())).device
     dummy = torch.zeros(2, 3, *size, device=device)
+    module = exportable(model)
+    if opset < MIN_REGION_OPSET and any(isinstance(m, ExportRegionBottleneck) or (
+            isinstance(m, ExportDRConv2d) and region_pointwise_supported(m.layer)) for m in module.modules()):
+        raise ValueError(f"opset {opset} is too old for the region-gathered DRConv export (a Split with sizes "
+                         f"computed in the graph needs opset >= {MIN_REGION_OPSET})")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes on shape checks
-        torch.onnx.export(exportable(model), (dummy,), str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(module, (dummy,), str(path), dynamo=False, opset_version=opset,
                           input_names=["images"], output_names=["embeddings"],
                           dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
     return path

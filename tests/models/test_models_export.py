@@ -1,27 +1,74 @@
-"""ONNX export: the export forwards equal the layers (float64), and every variant's ONNX file matches PyTorch."""
+"""ONNX export: the export forms equal the layers and blocks (float64), the ONNX files match PyTorch in onnxruntime,
+and the exported graph of a DRConv does a conv's work per kernel term instead of computing every region's output."""
 import copy
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from facerec.models import create_model
-from facerec.models.export import ExportCondConv2d, ExportDRConv2d, compare_onnx, export_onnx, exportable
-from facerec.nn import CondConv2d, DRConv2d
+from facerec.models import Bottleneck, create_model
+from facerec.models.export import (ExportCondConv2d, ExportDRConv2d, ExportRegionBottleneck, compare_onnx,
+                                   export_onnx, exportable)
+from facerec.nn import CondConv2d, DRConv2d, pointwise_factory
 
 VARIANTS = [("mobilefacenet", {}), ("drconv_mobilefacenet", {}), ("drconv_mobilefacenet", {"generator": "basis"}),
             ("condconv_mobilefacenet", {}), ("local_mobilefacenet", {})]
 
 
+def _randomize_norms(module: nn.Module, seed: int = 1) -> nn.Module:
+    """BN statistics and affine parameters away from their init values, so that folding them is tested."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in module.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.rand(mod.num_features, generator=gen) * 0.2 - 0.1)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
+                if mod.affine:
+                    mod.weight.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
+                    mod.bias.copy_(torch.rand(mod.num_features, generator=gen) - 0.5)
+    return module
+
+
+def _leave_region_unused(guide: nn.Module, region: int) -> None:
+    """Make region ``region`` lose every argmax: its guide BN subtracts a huge running mean."""
+    with torch.no_grad():
+        guide.norm.running_mean[region] = 1e4
+
+
+def _layer(generator, kernel=1, stride=1, padding=0, hidden=None, **kw) -> DRConv2d:
+    torch.manual_seed(0)
+    extra = {"hidden_channels": hidden} if hidden else {}
+    layer = DRConv2d(5, 7, kernel, stride, padding, dilation=1 if padding < 2 else 2, regions=4, init="spread",
+                     generator=generator, bias=True, num_bases=2 if generator == "basis" else 4, **extra, **kw)
+    nn.init.normal_(layer.bias)
+    return _randomize_norms(layer).eval()
+
+
+def _block(stride: int, in_channels: int = 6, out_channels: int = 6, generator: str = "paper") -> Bottleneck:
+    torch.manual_seed(0)
+    factory = pointwise_factory("drconv", regions=4, generator=generator, init="spread")
+    block = Bottleneck(in_channels, out_channels, stride, 2, (7, 6), factory, factory, shared_guide=True)
+    return _randomize_norms(block).eval()
+
+
 @pytest.mark.parametrize("generator", ["paper", "basis"])
 @pytest.mark.parametrize("kernel,stride,padding", [(1, 1, 0), (1, 2, 0), (3, 2, 1), (3, 1, 2)])
 def test_export_drconv_equals_the_layer(generator, kernel, stride, padding):
-    torch.manual_seed(0)
-    layer = DRConv2d(5, 6, kernel, stride, padding, dilation=1 if padding < 2 else 2, regions=4, init="spread",
-                     generator=generator, bias=True).double().eval()
-    nn.init.normal_(layer.bias)
+    layer = _layer(generator, kernel, stride, padding).double()
     x = torch.randn(3, 5, 9, 8, dtype=torch.float64)
     with torch.no_grad():
+        torch.testing.assert_close(ExportDRConv2d(layer)(x), layer(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("hidden", [None, 8])
+def test_export_drconv_with_two_terms_and_an_unused_region_equals_the_layer(hidden):
+    layer = _layer("paper", hidden=hidden).double()
+    _leave_region_unused(layer.guide, 2)
+    x = torch.randn(2, 5, 6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        assert not (torch.argmax(layer.guide(x), 1) == 2).any()
         torch.testing.assert_close(ExportDRConv2d(layer)(x), layer(x), rtol=1e-10, atol=1e-10)
 
 
@@ -39,6 +86,29 @@ def test_export_drconv_external_guide_and_ties_go_to_the_lowest_region():
         torch.testing.assert_close(got[:, :, 2:], want0[:, :, 2:])
 
 
+@pytest.mark.parametrize("stride,channels", [(1, (6, 6)), (2, (6, 8)), (1, (6, 8))],
+                         ids=["stride1-shortcut", "stride2", "stride1-no-shortcut"])
+def test_region_bottleneck_equals_the_block(stride, channels):
+    block = _block(stride, *channels).double()
+    _leave_region_unused(block.guide, 1)
+    x = torch.randn(3, channels[0], 7, 6, dtype=torch.float64)
+    assert ExportRegionBottleneck.supports(block)
+    with torch.no_grad():
+        torch.testing.assert_close(ExportRegionBottleneck(block)(x), block(x), rtol=1e-10, atol=1e-10)
+
+
+def test_region_bottleneck_takes_only_paper_drconv_blocks():
+    assert not ExportRegionBottleneck.supports(_block(1, generator="basis"))
+    assert not ExportRegionBottleneck.supports(Bottleneck(6, 6, 1, 2, (7, 6)))
+    with pytest.raises(TypeError, match="shared guide"):
+        ExportRegionBottleneck(nn.Conv2d(3, 3, 1))
+
+
+def test_export_refuses_an_opset_without_split_sizes(tmp_path):
+    with pytest.raises(ValueError, match="opset 11 is too old"):
+        export_onnx(create_model("drconv_mobilefacenet", input_size=(112, 96)), tmp_path / "m.onnx", opset=11)
+
+
 def test_export_condconv_equals_the_layer():
     torch.manual_seed(0)
     layer = CondConv2d(4, 5, 3, stride=2, padding=1, experts=3, bias=True).double().eval()
@@ -52,9 +122,92 @@ def test_exportable_wraps_a_copy_and_leaves_the_model_alone():
     model = create_model("drconv_mobilefacenet", input_size=(112, 96))
     keys = list(model.state_dict())
     clone = exportable(model)
-    assert not any(isinstance(m, (ExportDRConv2d, ExportCondConv2d)) for m in model.modules())
-    assert sum(isinstance(m, ExportDRConv2d) for m in clone.modules()) == 30
+    assert not any(isinstance(m, (ExportDRConv2d, ExportRegionBottleneck)) for m in model.modules())
+    assert sum(isinstance(m, ExportRegionBottleneck) for m in clone.modules()) == 15
+    assert not any(isinstance(m, ExportDRConv2d) for m in clone.modules())
     assert list(model.state_dict()) == keys and not clone.training
+    basis = exportable(create_model("drconv_mobilefacenet", input_size=(112, 96), generator="basis"))
+    assert sum(isinstance(m, ExportDRConv2d) for m in basis.modules()) == 30
+
+
+def _onnx_file(module: nn.Module, x: torch.Tensor, path) -> str:
+    """``exportable(module)`` as ONNX with a dynamic batch axis (input ``x``, output ``y``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes: shape reads become constants, only the batch is dynamic
+        torch.onnx.export(exportable(module), (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
+    return str(path)
+
+
+def _assert_onnx_matches(module: nn.Module, path: str, shape: tuple) -> None:
+    ort = pytest.importorskip("onnxruntime", reason='optional extra: pip install "facerec[export]"')
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, *shape)
+        with torch.no_grad():
+            want = module(x).numpy()
+        got = session.run(["y"], {"x": x.numpy()})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("generator", ["paper", "basis"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_onnx_drconv_layer_matches_pytorch(generator, stride, tmp_path):
+    pytest.importorskip("onnxruntime", reason='optional extra: pip install "facerec[export]"')
+    layer = _layer(generator, stride=stride)
+    _leave_region_unused(layer.guide, 3)
+    path = _onnx_file(layer, torch.randn(2, 5, 6, 5), tmp_path / "layer.onnx")
+    _assert_onnx_matches(layer, path, (5, 6, 5))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_onnx_region_bottleneck_matches_pytorch(stride, tmp_path):
+    pytest.importorskip("onnxruntime", reason='optional extra: pip install "facerec[export]"')
+    block = _block(stride)
+    _leave_region_unused(block.guide, 0)
+    path = _onnx_file(block, torch.randn(2, 6, 7, 6), tmp_path / "block.onnx")
+    _assert_onnx_matches(block, path, (6, 7, 6))
+
+
+def _multiply_adds(path: str, x: torch.Tensor) -> int:
+    """Multiply-adds of every Conv, Gemm and MatMul of an ONNX file run on ``x`` (shapes read at run time)."""
+    onnx = pytest.importorskip("onnx", reason='optional extra: pip install "facerec[export]"')
+    ort = pytest.importorskip("onnxruntime", reason='optional extra: pip install "facerec[export]"')
+    model = onnx.shape_inference.infer_shapes(onnx.load(path))
+    graph = model.graph
+    known = {v.name for v in graph.output}
+    graph.output.extend(v for v in graph.value_info if v.name not in known)  # every intermediate as an output
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    shapes = {n: v.shape for n, v in zip(names, session.run(names, {"x": x.numpy()}))}
+    shapes.update({t.name: tuple(t.dims) for t in graph.initializer})
+    shapes["x"] = tuple(x.shape)
+    total = 0
+    for node in graph.node:
+        if node.op_type in ("Gemm", "MatMul"):
+            total += int(np.prod(shapes[node.output[0]])) * shapes[node.input[1]][-2]  # outputs x K
+        elif node.op_type == "Conv":
+            weight = shapes[node.input[1]]
+            total += int(np.prod(shapes[node.output[0]])) * int(np.prod(weight[1:]))
+    return total
+
+
+@pytest.mark.parametrize("generator,hidden", [("paper", None), ("paper", 8), ("basis", None)])
+def test_onnx_drconv_does_about_a_conv_per_kernel_term(generator, hidden, tmp_path):
+    """Paper 1x1: (1 + t) convs of multiply-adds (t = h/m) plus the guide; basis: r convs plus the guide. The form
+    that computes every region's output costs m = 4 convs."""
+    layer = _layer(generator, hidden=hidden)  # m = 4 regions, C = 5 -> O = 7
+    x = torch.randn(3, 5, 6, 6)
+    macs = _multiply_adds(_onnx_file(layer, x[:2], tmp_path / "layer.onnx"), x)
+    conv, guide = 3 * 36 * 5 * 7, 3 * 36 * 5 * layer.regions
+    if generator == "paper":
+        terms = 1 + (hidden or layer.regions) // layer.regions
+    else:
+        terms = layer.filter_generator.num_bases
+    assert terms < layer.regions
+    assert terms * conv + guide <= macs <= terms * conv + guide + 1000  # + the generator's small layers
 
 
 def _trained_looking(name, kw, size):

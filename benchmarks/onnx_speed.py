@@ -1,0 +1,112 @@
+"""ONNX inference speed of the DRConv backbone relative to the plain backbone, both in onnxruntime (CPU).
+
+Exports two backbones with ``facerec.models.export.export_onnx`` (default: the shipped
+``data/pretrained/drconv_mobilefacenet.pt`` and ``data/pretrained/mobilefacenet.pt``, 112x96), opens each with
+onnxruntime's CPU provider (default graph optimisations, ``intra_op_num_threads`` = 1 and 2) and times
+``session.run`` on random normalised images at batch 1 and 32. Per thread count and batch the models take turns
+within every repetition (interleaved, so machine load hits them alike); each figure is the median over
+``--repeats`` repetitions of the mean of ``--runs`` calls, after warm-up. The table gives the ratio of medians,
+DRConv / plain, measured in the same run. ``--extra FILE`` times further ONNX files of the same input against the
+same plain baseline (e.g. an older export).
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/onnx_speed.py
+
+Target (issue: deployment at a DRConv's cost): at most 1.6x the plain model at batch 1 and 32.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from facerec.models import load_backbone  # noqa: E402
+from facerec.models.export import export_onnx  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def time_models(files: dict, threads: int, batch: int, size, repeats: int, runs: int, warmup: int) -> dict:
+    """{name: median seconds per call} for ONNX ``files`` {name: path}, interleaved per repetition."""
+    sessions = {name: _session(path, threads) for name, path in files.items()}
+    images = np.random.default_rng(0).uniform(-1, 1, (batch, 3, *size)).astype(np.float32)
+    feeds = {name: {s.get_inputs()[0].name: images} for name, s in sessions.items()}
+    for name, session in sessions.items():
+        for _ in range(warmup):
+            session.run(None, feeds[name])
+    times = {name: [] for name in sessions}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            for _ in range(runs):
+                session.run(None, feeds[name])
+            times[name].append((time.perf_counter() - start) / runs)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--drconv", default=str(ROOT / "data/pretrained/drconv_mobilefacenet.pt"),
+                        help="DRConv backbone checkpoint")
+    parser.add_argument("--plain", default=str(ROOT / "data/pretrained/mobilefacenet.pt"),
+                        help="plain backbone checkpoint (the baseline)")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="FILE", help="further ONNX files to time")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions (median)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out-dir", default=None, help="where the exports go (default: a temporary folder)")
+    args = parser.parse_args()
+    try:
+        import onnxruntime
+    except ImportError:
+        print('needs onnxruntime: pip install "facerec[export]"', file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = Path(args.out_dir or tmp)
+        models = {"plain": load_backbone(args.plain), "drconv": load_backbone(args.drconv)}
+        sizes = {tuple(m.input_size) for m in models.values()}
+        if len(sizes) != 1:
+            print(f"the two backbones take different input sizes: {sorted(sizes)}", file=sys.stderr)
+            return 2
+        size = sizes.pop()
+        files = {}
+        for name, model in models.items():
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                files[name] = export_onnx(model, out_dir / f"{name}.onnx")
+            print(f"{name}: {files[name].name} exported in {time.perf_counter() - start:.1f} s "
+                  f"({files[name].stat().st_size / 1e6:.1f} MB)")
+        files.update({Path(f).name: Path(f) for f in args.extra})
+        print(f"onnxruntime {onnxruntime.__version__}, {size[0]}x{size[1]}, median of {args.repeats} interleaved "
+              f"repetitions")
+        print()
+        others = [n for n in files if n != "plain"]
+        print("| threads | batch | plain (ms) | " + " | ".join(f"{n} (ms) | {n} / plain" for n in others) + " |")
+        print("|---:|---:|---:|" + "---:|---:|" * len(others))
+        for threads in args.threads:
+            for batch in args.batches:
+                runs = max(1, 16 // batch)
+                t = time_models(files, threads, batch, size, args.repeats, runs, args.warmup)
+                cells = " | ".join(f"{t[n] * 1e3:.1f} | {t[n] / t['plain']:.2f}x" for n in others)
+                print(f"| {threads} | {batch} | {t['plain'] * 1e3:.1f} | {cells} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
