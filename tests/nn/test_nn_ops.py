@@ -271,6 +271,7 @@ def test_compile_aot_autograd_traces_the_backward_operator(fused):
     _assert_same(got, want, 1e-5)
 
 
+@pytest.mark.slow
 def test_compile_inductor_matches_eager():
     """The default backend (Inductor generates and compiles C++ around the two opaque operators): about 46 s on the
     2-core VM with a cold compile cache, seconds with a warm one."""
