@@ -241,10 +241,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def export_pretrained(records: list[dict], out: Path, dest: Path) -> list[Path]:
+def export_pretrained(records: list[dict], out: Path, dest: Path, run_dir=None) -> list[Path]:
     """The best seed (10-fold accuracy) of each variant -> ``dest/<variant>.pt``: backbone weights (float16) + config.
 
-    The files hold {"config", "model", "card"} and load with ``facerec.models.load_backbone``.
+    The files hold {"config", "model", "card"} and load with ``facerec.models.load_backbone``. ``run_dir(record)``
+    gives the run's folder (its newest ``ckpt_*.pt`` is exported); default ``out/<variant>_s<seed>``.
     """
     dest.mkdir(parents=True, exist_ok=True)
     written = []
@@ -253,7 +254,8 @@ def export_pretrained(records: list[dict], out: Path, dest: Path) -> list[Path]:
         if not mine:
             continue
         best = max(mine, key=lambda r: r["accuracy"])
-        ckpts = sorted((out / f"{variant}_s{best['seed']}").glob("ckpt_*.pt"))
+        folder = run_dir(best) if run_dir else out / f"{variant}_s{best['seed']}"
+        ckpts = sorted(folder.glob("ckpt_*.pt"))
         state = torch.load(ckpts[-1], map_location="cpu", weights_only=True)
         card = {k: best[k] for k in ("variant", "seed", "steps", "warmup", "batch", "lr", "accuracy", "accuracy_std",
                                      "tar_far1e-3", "rank1", "final_loss")}

@@ -1,7 +1,8 @@
 """Tables and figures of the fair real-face study (benchmarks/real_faces_study.py) from its result files.
 
     .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --report
-    .venv/bin/python benchmarks/real_faces_report.py --out runs/real_faces_study --plot docs/real_faces_curves.png
+    .venv/bin/python benchmarks/real_faces_report.py --out runs/real_faces_study --plot docs/real_faces_curves.png \
+        --export-pretrained data/pretrained
 
 Every table is built from ``<out>/<stage>/<run>/result.json`` (committed copies: docs/results/real_faces_study/);
 missing runs are left out, so the report can be read while the study runs.
@@ -17,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_faces_study as st  # noqa: E402
 
-__all__ = ["sweep_table", "aids_table", "final_table", "paired_table", "usage_table", "report", "plot_curves"]
+__all__ = ["sweep_table", "aids_table", "final_table", "paired_table", "usage_table", "report", "plot_curves",
+           "export_pretrained"]
 
 _METRICS = (("accuracy", "10-fold acc. %"), ("tar_far1e-3", "TAR@FAR=1e-3 %"), ("rank1", "rank-1 %"))
 
@@ -160,14 +162,28 @@ def plot_curves(final: dict[str, dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def export_pretrained(out: Path, dest: Path) -> list[Path]:
+    """The best final run by val/ 10-fold accuracy of each shipped variant -> ``dest/<variant>.pt`` (the DRConv
+    model from the layer setting the aids stage chose; the basis generator is a setting, not exported)."""
+    final = st.load_stage(out, "final")
+    records = [dict(r, variant=r["variant"].split("@")[0], run=name) for name, r in final.items()
+               if not r["variant"].endswith("@basis")]
+    return st.rf.export_pretrained(records, out / "final", dest, run_dir=lambda r: out / "final" / r["run"])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=st.ROOT / "runs" / "real_faces_study")
     ap.add_argument("--plot", type=Path, default=None, help="write the final runs' curves (PNG)")
+    ap.add_argument("--export-pretrained", type=Path, default=None, metavar="DIR",
+                    help="write the best final run of each variant to DIR/<variant>.pt (data/pretrained)")
     args = ap.parse_args(argv)
     print(report(args.out))
     if args.plot:
         plot_curves(st.load_stage(args.out, "final"), args.plot)
+    if args.export_pretrained:
+        for path in export_pretrained(args.out, args.export_pretrained):
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

@@ -107,3 +107,24 @@ def test_results_sync_both_ways(st, tmp_path):
     st.sync_results(out, results)
     assert json.loads((results / "sweep" / "mobilefacenet_lr0.05_s0.json").read_text())["accuracy"] == 0.8
     assert json.loads((out / "final" / "mobilefacenet_lr0.05_s1" / "result.json").read_text()) == {"seed": 1}
+
+
+def test_export_pretrained_takes_the_best_final_run_of_each_shipped_variant(st, tmp_path):
+    import real_faces_report as rep
+    import torch
+
+    from facerec.models import create_model, load_backbone
+    out = tmp_path / "runs"
+    cfg = {"model": {"name": "mobilefacenet", "input_size": [112, 96], "embedding_size": 128}}
+    for seed, acc in ((0, 0.80), (1, 0.85)):
+        _write(out, "final", "mobilefacenet", 0.05, seed, acc, accuracy_std=0.01, steps=10, warmup=1, batch=64)
+        model = create_model("mobilefacenet", input_size=(112, 96))
+        torch.nn.init.constant_(model.embedding[0].weight, float(seed))
+        torch.save({"config": cfg, "model": model.state_dict()},
+                   out / "final" / f"mobilefacenet_lr0.05_s{seed}" / "ckpt_00000010.pt")
+    _write(out, "final", "drconv_mobilefacenet@basis", 0.05, 0, 0.99)       # a setting: never exported
+    written = rep.export_pretrained(out, tmp_path / "pretrained")
+    assert [p.name for p in written] == ["mobilefacenet.pt"]
+    stored = torch.load(written[0], weights_only=True)
+    assert stored["card"]["seed"] == 1 and stored["card"]["accuracy"] == 0.85
+    assert float(load_backbone(written[0]).embedding[0].weight.detach().mean()) == 1.0
