@@ -11,9 +11,9 @@ the file's keys are laid over the base's, mappings key by key (so a child that s
 base's ``model.input_size``), lists and scalars replaced whole. Bases may have bases; a missing base or a
 cycle is a ValueError naming the chain. ``name`` is never inherited: it is the leaf file's own ``name`` or stem.
 
-Loading is bounded (``docs/security.md``): a file over ``MAX_CONFIG_BYTES`` is refused unread, and a YAML document
-(file or ``--set`` value) whose nodes, every alias expanded, exceed ``MAX_YAML_VALUES``, or that refers to itself,
-is refused before it is built. Errors quote the rejected value cut to a few hundred characters.
+Loading is bounded (``facerec._yaml``, ``docs/security.md``): an oversized file, or a YAML document (file or
+``--set`` value) too large once its aliases are expanded or that refers to itself, is refused before it is
+built. Errors quote the rejected value cut to a few hundred characters.
 
 Public API: :class:`Config` and its sections, :func:`load_config`, :func:`config_from_dict`,
 :func:`config_to_dict`, :func:`apply_overrides`, :func:`save_config`.
@@ -29,7 +29,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from facerec._quote import quote, shorten
+from facerec._quote import quote
+from facerec._yaml import load_yaml, read_yaml_file
 
 __all__ = [
     "CheckpointConfig", "Config", "DataConfig", "EvalConfig", "HeadConfig", "ModelConfig",
@@ -38,8 +39,6 @@ __all__ = [
 ]
 
 AMP_MODES = ("none", "fp16", "bf16")
-MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; a larger one is refused before parsing
-MAX_YAML_VALUES = 100_000  # YAML nodes in one document, every alias expanded (a whole resolved config: about 100)
 
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -277,8 +276,8 @@ def _parse_value(raw: str, tp: Any, key: str) -> Any:
     if tp is str:
         return raw
     if typing.get_origin(tp) is tuple and not raw.startswith("["):
-        return [_load_yaml(p, f"override {key}") for p in raw.split(",") if p.strip()]
-    return _load_yaml(raw, f"override {key}")
+        return [load_yaml(p, f"override {key}") for p in raw.split(",") if p.strip()]
+    return load_yaml(raw, f"override {key}")
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
@@ -298,7 +297,7 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
                 if depth != len(path) - 1:
                     raise ValueError(f"override {quote(item)}: nested keys below {'.'.join(path[:depth])} "
                                      "are not supported")
-                node[part] = _load_yaml(raw, f"override {dotted}") if raw else ""
+                node[part] = load_yaml(raw, f"override {dotted}") if raw else ""
                 break
             names = [f.name for f in dataclasses.fields(cls)]
             if part not in names:
@@ -322,83 +321,6 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
 BASE_KEY = "base"
 
 
-class _ConfigYAMLError(yaml.YAMLError):
-    """A YAML document refused before it is built: too many values with its aliases expanded, or a cycle."""
-
-
-def _yaml_children(node: yaml.Node) -> list:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
-def _check_expanded_size(root: yaml.Node) -> None:
-    """Refuse a node graph whose tree, every alias expanded, holds more than MAX_YAML_VALUES nodes (a few
-    hundred bytes of nested aliases can stand for billions of values: every later walk over the built data,
-    a merge, a copy, an error message, would pay for them all) or that refers to itself (a recursive alias)."""
-    sizes: dict[int, int] = {}
-    on_path: set[int] = set()
-    stack = [(root, False)]
-    while stack:  # iterative depth-first walk, each distinct node once; sizes of shared nodes are reused
-        node, leaving = stack.pop()
-        key = id(node)
-        if leaving:
-            on_path.discard(key)
-            sizes[key] = 1 + sum(sizes[id(child)] for child in _yaml_children(node))
-            if sizes[key] > MAX_YAML_VALUES:
-                raise _ConfigYAMLError(f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded "
-                                       f"(line {node.start_mark.line + 1}); a whole config holds about 100")
-        elif key in on_path:
-            raise _ConfigYAMLError(f"a recursive alias (line {node.start_mark.line + 1}) refers to a node "
-                                   f"that contains it")
-        elif key not in sizes:
-            on_path.add(key)
-            stack.append((node, True))
-            stack.extend((child, False) for child in _yaml_children(node) if id(child) not in sizes)
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that checks the composed document with ``_check_expanded_size`` before building it."""
-
-    def get_single_node(self):
-        node = super().get_single_node()
-        if node is not None:
-            _check_expanded_size(node)
-        return node
-
-
-def _load_yaml(text: str, where: str):
-    """``yaml.safe_load(text)`` with the size bound of ``_BoundedLoader``; ValueError naming ``where``."""
-    try:
-        return yaml.load(text, Loader=_BoundedLoader)
-    except _ConfigYAMLError as exc:
-        raise ValueError(f"{where}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{where}: invalid YAML: {shorten(str(exc))}") from None
-    except RecursionError:
-        raise ValueError(f"{where}: YAML nested too deeply") from None
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read config file {path}: {exc}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ValueError(f"config file {path}: larger than {MAX_CONFIG_BYTES:,} bytes; a config is a few hundred")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"config file {path}: not UTF-8 text at byte {exc.start}: {exc.reason}") from exc
-    data = _load_yaml(text, f"config file {path}") or {}
-    if not isinstance(data, Mapping):
-        raise TypeError(f"config file {path}: expected a mapping at the top level, got {type(data).__name__}")
-    return dict(data)
-
-
 def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict:
     """``child`` laid over ``base``: mappings merged key by key, anything else replaced."""
     out = dict(base)
@@ -416,7 +338,7 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     if resolved in chain:
         names = " -> ".join(str(p) for p in (*chain, resolved))
         raise ValueError(f"config inheritance cycle: {names}")
-    data = _read_yaml(path)
+    data = read_yaml_file(path)
     if BASE_KEY not in data:
         return data
     base = data.pop(BASE_KEY)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from facerec._quote import QUOTE_LIMIT, quote, shorten
-from facerec.config import MAX_CONFIG_BYTES, Config, apply_overrides, load_config
+from facerec._yaml import MAX_CONFIG_BYTES
+from facerec.config import Config, apply_overrides, load_config
 
 BOUND = 600  # characters an error message may take with a quoted value in it
 
