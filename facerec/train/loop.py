@@ -242,8 +242,7 @@ class _Run:
                 for name, evaluator in self.evaluators.items():
                     scores = {f"{name}_{k}": float(v) for k, v in evaluator(self.backbone).items()}
                     metrics.update(scores)
-                    log.info("step %d  %s: %s", self.step, name, "  ".join(f"{k} {v:.4f}" for k, v in
-                                                                           scores.items()))
+                    log.info("step %d  %s: %s", self.step, name, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
             self.backbone.train(was_training)
             self.monitor.scalars(self.step, metrics)
             self.last_metrics = metrics
@@ -280,13 +279,9 @@ class _Run:
         data_iter = None
         self.stop.install()
         try:
-            log.info("training %s on %s: %d rank(s), global batch %d, steps %d -> %d, out %s",
-                     cfg.model.name, self.device, info.world_size, cfg.data.batch_size, self.step, total,
-                     self.out_dir)
-            if cfg.optim.lr_batch:
-                log.info("peak lr %.4g = optim.lr %.4g x batch %d / optim.lr_batch %d (linear scaling rule)",
-                         base_lr(cfg.optim, cfg.data.batch_size), cfg.optim.lr, cfg.data.batch_size,
-                         cfg.optim.lr_batch)
+            log.info("training %s on %s: %d rank(s), global batch %d, peak lr %.4g (optim.lr_batch %d), steps %d -> "
+                     "%d, out %s", cfg.model.name, self.device, info.world_size, cfg.data.batch_size,
+                     base_lr(cfg.optim, cfg.data.batch_size), cfg.optim.lr_batch, self.step, total, self.out_dir)
             while self.step < total:
                 if data_iter is None:
                     data_iter = self._loader_iter()
