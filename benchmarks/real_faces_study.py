@@ -127,18 +127,16 @@ def plan(out: Path) -> list[tuple[str, str, float, int]]:
         # the shipped layer's seed 0 at this lr is the sweep's run
         runs.append(("aids", "drconv_mobilefacenet", lr_d, 1))
     setting = choose_setting({**sweep, **aids}, lr_d) if lr_d is not None else None
-    if lr_p is not None and setting is not None:
-        lrs = {"mobilefacenet": lr_p, "local_mobilefacenet": lr_p, "condconv_mobilefacenet": lr_p,
-               "drconv_mobilefacenet": lr_d, "drconv_mobilefacenet@basis": lr_d}
-        order = []
-        for seed in range(3):
-            for variant in ("drconv_mobilefacenet", "mobilefacenet", "local_mobilefacenet",
-                            "condconv_mobilefacenet", "drconv_mobilefacenet@basis"):
-                if seed < SEEDS_FINAL[variant]:
-                    order.append((variant, seed))
-        for variant, seed in order:
+    # a final run starts as soon as its own lr (and, for the shipped DRConv, the aids stage's setting) is known,
+    # so plain-model finals fill a worker that the aids stage leaves idle
+    lrs = {"mobilefacenet": lr_p, "local_mobilefacenet": lr_p, "condconv_mobilefacenet": lr_p,
+           "drconv_mobilefacenet": lr_d, "drconv_mobilefacenet@basis": lr_d}
+    for seed in range(3):
+        for variant in ("drconv_mobilefacenet", "mobilefacenet", "local_mobilefacenet",
+                        "condconv_mobilefacenet", "drconv_mobilefacenet@basis"):
             name = setting if variant == "drconv_mobilefacenet" else variant
-            runs.append(("final", name, lrs[variant], seed))
+            if seed < SEEDS_FINAL[variant] and lrs[variant] is not None and name is not None:
+                runs.append(("final", name, lrs[variant], seed))
     return runs
 
 
@@ -312,7 +310,7 @@ def work_loop(args) -> None:
 
 def _all_planned(out: Path) -> bool:
     runs = plan(out)
-    return any(r[0] == "final" for r in runs) and all(
+    return sum(r[0] == "final" for r in runs) == sum(SEEDS_FINAL.values()) and all(
         (out / s / run_name(v, lr, seed) / "result.json").is_file() for s, v, lr, seed in runs)
 
 

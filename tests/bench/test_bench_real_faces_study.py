@@ -53,7 +53,13 @@ def test_plan_moves_from_sweep_to_aids_to_final_with_the_chosen_lrs(st, tmp_path
     aids = [r for r in st.plan(tmp_path) if r[0] == "aids"]
     assert aids == [("aids", "drconv_mobilefacenet@paper", 0.025, 0), ("aids", "drconv_mobilefacenet@paper", 0.025, 1),
                     ("aids", "drconv_mobilefacenet", 0.025, 1)]
-    assert not [r for r in st.plan(tmp_path) if r[0] == "final"]
+    # before the aids stage decides the setting, only the finals that do not wait for it are planned, after the aids
+    early = st.plan(tmp_path)
+    final = [r for r in early if r[0] == "final"]
+    assert [r[0] for r in early[-len(final) - 3:-len(final)]] == ["aids"] * 3
+    assert ("final", "mobilefacenet", 0.05, 0) in final and ("final", "drconv_mobilefacenet@basis", 0.025, 0) in final
+    assert not [r for r in final if r[1].startswith("drconv_mobilefacenet") and "@basis" not in r[1]]
+    assert len(final) == 6 and not st._all_planned(tmp_path)
     # the paper-exact layer a little behind, within the seed spread: fidelity wins the tie
     _write(tmp_path, "aids", "drconv_mobilefacenet", 0.025, 1, 0.80)
     _write(tmp_path, "aids", "drconv_mobilefacenet@paper", 0.025, 0, 0.86)
