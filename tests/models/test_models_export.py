@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from facerec.models import Bottleneck, create_model
-from facerec.models.export import (ExportCondConv2d, ExportDRConv2d, ExportRegionBottleneck, compare_onnx,
-                                   export_onnx, exportable)
+from facerec.models.export import (ExportCondConv2d, ExportDRConv2d, ExportPReLU, ExportRegionBottleneck,
+                                   compare_onnx, export_onnx, exportable)
 from facerec.nn import CondConv2d, DRConv2d, pointwise_factory
 
 VARIANTS = [("mobilefacenet", {}), ("drconv_mobilefacenet", {}), ("drconv_mobilefacenet", {"generator": "basis"}),
@@ -130,6 +130,22 @@ def test_exportable_wraps_a_copy_and_leaves_the_model_alone():
     assert sum(isinstance(m, ExportDRConv2d) for m in basis.modules()) == 30
 
 
+@pytest.mark.parametrize("channels", [1, 6])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (7, 6)])
+def test_export_prelu_equals_prelu_bit_for_bit(channels, shape):
+    prelu = nn.PReLU(channels)
+    with torch.no_grad():
+        prelu.weight.copy_(torch.linspace(-0.5, 1.5, channels))
+    x = torch.randn(*shape)
+    x.view(-1)[:3] = torch.tensor([0.0, -0.0, -1e-30])
+    assert torch.equal(ExportPReLU(prelu)(x), prelu(x))
+    for name in ("mobilefacenet", "drconv_mobilefacenet"):  # every PReLU, those of replaced blocks included
+        clone = exportable(create_model(name, input_size=(112, 96)))
+        wrapped = {id(m.layer) for m in clone.modules() if isinstance(m, ExportPReLU)}
+        prelus = [m for m in clone.modules() if isinstance(m, nn.PReLU)]
+        assert prelus and all(id(m) in wrapped for m in prelus)
+
+
 def _onnx_file(module: nn.Module, x: torch.Tensor, path) -> str:
     """``exportable(module)`` as ONNX with a dynamic batch axis (input ``x``, output ``y``)."""
     with warnings.catch_warnings():
@@ -221,6 +237,8 @@ def _trained_looking(name, kw, size):
                 mod.running_mean.copy_(torch.rand(mod.num_features, generator=gen) * 0.2 - 0.1)
                 mod.running_var.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
                 mod.weight.copy_(torch.rand(mod.num_features, generator=gen) + 0.5)
+            if isinstance(mod, nn.PReLU):  # per-channel slopes, so a wrong broadcast axis shows
+                mod.weight.copy_(torch.rand(mod.num_parameters, generator=gen))
     return copy.deepcopy(model).eval()
 
 
@@ -231,5 +249,7 @@ def test_onnx_matches_pytorch(name, kw, tmp_path):
     model = _trained_looking(name, kw, size)
     path = export_onnx(model, tmp_path / f"{name}.onnx")
     diff = compare_onnx(model, path, batch_size=3)  # exported with batch 2: the batch axis is dynamic
+    onnx = pytest.importorskip("onnx")
+    assert "PRelu" not in {node.op_type for node in onnx.load(str(path)).graph.node}
     print(f"{name} {kw}: max |onnx - torch| of normalised embeddings = {diff:.2e}")
     assert diff <= 1e-4
