@@ -20,8 +20,8 @@ standard ONNX operators, sharing the original parameters:
   ``facerec.nn.functional.guided_mask`` and ONNX ArgMax); F is the layer's ``guide`` conv or the guided feature
   the block passes in (``external_guide``).
 * CondConv: the per-sample mixed kernel (B, O, C, kh, kw) applied by a batched matmul over im2col columns.
-* PReLU (every variant): ``relu(x) + weight * min(x, 0)`` (:class:`ExportPReLU`), bit-equal and about 4x faster
-  than onnxruntime's PRelu kernel.
+* PReLU (every variant): ``max(x, w x)`` for slopes <= 1, else ``relu(x) + w min(x, 0)`` (:class:`ExportPReLU`),
+  bit-equal and several times faster than onnxruntime's PRelu kernel.
 
 :func:`export_onnx` writes ``images`` (B, 3, H, W) float, normalised as ``facerec.data.transforms.normalize``
 -> ``embeddings`` (B, D) (not normalised), batch size dynamic, spatial size fixed. :func:`compare_onnx` runs the
@@ -155,12 +155,15 @@ class ExportCondConv2d(nn.Module):
 
 
 class ExportPReLU(nn.Module):
-    """Export forward of an ``nn.PReLU``: ``relu(x) + weight * min(x, 0)``, equal to PReLU bit for bit
-    (x > 0: x + 0; x <= 0: 0 + weight * x), as Relu, Min, Mul and Add.
+    """Export forward of an ``nn.PReLU``, equal to it bit for bit, in elementwise ONNX operators:
 
-    onnxruntime's CPU PRelu kernel runs about 4x slower than these four elementwise ops on the backbones'
-    activations (measured by ``benchmarks/onnx_speed.py --prelu``), and PReLUs are most of a MobileFaceNet's
-    inference time in onnxruntime, so every variant exports its PReLUs this way.
+    * every slope <= 1 (trained PReLUs): ``max(x, w x)`` (Mul, Max), since x >= w x exactly when x >= 0;
+    * otherwise ``relu(x) + w min(x, 0)`` (Relu, Min, Mul, Add).
+
+    onnxruntime's CPU PRelu kernel runs about 4x slower than the four-op form on the backbones' activations, and
+    the two-op form makes two passes over the tensor instead of four; PReLUs take most of a MobileFaceNet's
+    inference time in onnxruntime, so every variant exports its PReLUs this way. The form is chosen from the
+    slopes at export time.
 
     Shapes: x (B, C, ...) with C = ``num_parameters`` (or any C when it is 1) -> same shape.
     """
@@ -173,8 +176,11 @@ class ExportPReLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.layer.weight.to(x.dtype)
+        at_most_one = bool((weight <= 1).all())
         if weight.numel() > 1:
             weight = weight.reshape(-1, *([1] * (x.dim() - 2)))
+        if at_most_one:
+            return torch.maximum(x, x * weight)
         return torch.relu(x) + weight * torch.clamp(x, max=0.0)
 
 

@@ -132,10 +132,11 @@ def test_exportable_wraps_a_copy_and_leaves_the_model_alone():
 
 @pytest.mark.parametrize("channels", [1, 6])
 @pytest.mark.parametrize("shape", [(4, 6, 5, 3), (7, 6)])
-def test_export_prelu_equals_prelu_bit_for_bit(channels, shape):
+@pytest.mark.parametrize("top", [1.0, 1.5])  # slopes <= 1 take max(x, w x); a slope above 1 the four-op form
+def test_export_prelu_equals_prelu_bit_for_bit(channels, shape, top):
     prelu = nn.PReLU(channels)
     with torch.no_grad():
-        prelu.weight.copy_(torch.linspace(-0.5, 1.5, channels))
+        prelu.weight.copy_(torch.linspace(-0.5, top, channels) if channels > 1 else torch.tensor([top]))
     x = torch.randn(*shape)
     x.view(-1)[:3] = torch.tensor([0.0, -0.0, -1e-30])
     assert torch.equal(ExportPReLU(prelu)(x), prelu(x))
