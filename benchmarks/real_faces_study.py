@@ -27,7 +27,11 @@ taken over), so ``--workers 2`` on two cores, or two invocations, or a restart i
 where the study stopped; a stage's runs start when the runs they depend on are done.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 OMP_WAIT_POLICY=PASSIVE \\
-        nohup .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --workers 2 &
+        nohup .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --workers 2 \\
+        --until 15:55 &
+
+``--until`` (the session's end) keeps a worker from starting a run that its variant's measured CPU seconds per
+step say cannot finish by then; it takes a shorter pending run instead, or stops.
     .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --report
 """
 from __future__ import annotations
@@ -52,7 +56,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import real_faces as rf  # noqa: E402
 
 __all__ = ["LRS", "PAPER_FRACTIONS", "plan", "milestones", "selection_score", "choose_lr", "choose_setting",
-           "split_identities", "main"]
+           "split_identities", "cpu_per_step", "estimated_seconds", "parse_until", "main"]
 
 LRS = (0.0125, 0.025, 0.05, 0.1)
 PAPER_FRACTIONS = (252 / 420, 364 / 420, 406 / 420)
@@ -138,6 +142,27 @@ def plan(out: Path) -> list[tuple[str, str, float, int]]:
             if seed < SEEDS_FINAL[variant] and lrs[variant] is not None and name is not None:
                 runs.append(("final", name, lrs[variant], seed))
     return runs
+
+
+def cpu_per_step(out: Path) -> dict[str, float]:
+    """{variant: median CPU seconds per trained step} over the finished runs in ``out`` (all stages)."""
+    rates: dict[str, list[float]] = {}
+    for stage in ("sweep", "aids", "final"):
+        for rec in load_stage(out, stage).values():
+            trained = rec.get("steps", 0) - rec.get("resumed_from", 0)
+            if trained > 0 and rec.get("cpu_s"):
+                rates.setdefault(rec["variant"], []).append(rec["cpu_s"] / trained)
+    return {v: statistics.median(r) for v, r in rates.items()}
+
+
+def estimated_seconds(variant: str, steps: int, rates: dict[str, float]) -> float:
+    """Wall seconds a run is expected to take: its variant's CPU rate (a DRConv setting takes its layer's; an
+    unmeasured variant the slowest measured one) x steps x 1.3 (two workers' contention, the evaluations).
+    Infinite before any run has finished."""
+    if not rates:
+        return math.inf
+    rate = rates.get(variant) or rates.get(variant.split("@")[0]) or max(rates.values())
+    return rate * steps * 1.3
 
 
 def _alive(claim: Path) -> bool:
@@ -290,11 +315,15 @@ def work_loop(args) -> None:
                 return
             time.sleep(60)           # another process holds the runs this stage waits for
             continue
+        rates = cpu_per_step(args.out)
         for stage, variant, lr, seed in pending:
             run_dir = args.out / stage / run_name(variant, lr, seed)
+            steps = FINAL_STEPS if stage == "final" else SWEEP_STEPS
+            if args.until is not None and not (run_dir / "claim").exists() and \
+                    time.time() + estimated_seconds(variant, steps, rates) > args.until:
+                continue             # would not finish before the session ends: leave it to the next one
             if try_claim(run_dir):
                 try:
-                    steps = FINAL_STEPS if stage == "final" else SWEEP_STEPS
                     split = splits["val" if stage == "final" else "tune"]
                     rec = run_one(stage, variant, lr, seed, split, args.out, steps)
                     sync_results(args.out)
@@ -305,6 +334,11 @@ def work_loop(args) -> None:
                     (run_dir / "claim").unlink(missing_ok=True)
                 break
         else:
+            if args.until is not None and all(
+                    time.time() + estimated_seconds(v, FINAL_STEPS if st == "final" else SWEEP_STEPS, rates)
+                    > args.until for st, v, _, _ in pending):
+                print("no pending run can finish before --until; stopping", flush=True)
+                return
             time.sleep(60)
 
 
@@ -314,13 +348,33 @@ def _all_planned(out: Path) -> bool:
         (out / s / run_name(v, lr, seed) / "result.json").is_file() for s, v, lr, seed in runs)
 
 
+def parse_until(text: str | None, now: float | None = None) -> float | None:
+    """"HH:MM" -> that local time today as a Unix time (tomorrow if it has passed); None stays None."""
+    if text is None:
+        return None
+    try:
+        hours, minutes = (int(p) for p in text.split(":"))
+        if not (0 <= hours < 24 and 0 <= minutes < 60):
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--until must be HH:MM, got {text!r}") from None
+    now = time.time() if now is None else now
+    day = time.localtime(now)
+    target = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, hours, minutes, 0, 0, 0, -1))
+    return target if target > now else target + 86400
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=rf.DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "real_faces_study")
     ap.add_argument("--workers", type=int, default=1, help="processes to start (1 thread each)")
     ap.add_argument("--report", action="store_true", help="print the tables of finished runs; train nothing")
+    ap.add_argument("--until", default=None, metavar="HH:MM",
+                    help="start only runs expected to finish by this local time today (a session's end): runs "
+                         "are lost when their process is, since checkpoints live under --out")
     args = ap.parse_args(argv)
+    args.until = parse_until(args.until)
     if args.report:
         from real_faces_report import report
         print(report(args.out))
@@ -329,8 +383,9 @@ def main(argv=None) -> int:
     prepare_splits(args.data, args.out / "data")      # once, before any worker reads it
     if args.workers > 1:
         import subprocess
-        procs = [subprocess.Popen([sys.executable, __file__, "--data", str(args.data), "--out", str(args.out)])
-                 for _ in range(args.workers)]
+        extra = [] if args.until is None else ["--until", time.strftime("%H:%M", time.localtime(args.until))]
+        procs = [subprocess.Popen([sys.executable, __file__, "--data", str(args.data), "--out", str(args.out),
+                                   *extra]) for _ in range(args.workers)]
         return max(p.wait() for p in procs)
     work_loop(args)
     return 0

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,21 @@ def test_export_pretrained_takes_the_best_final_run_of_each_shipped_variant(st, 
     stored = torch.load(written[0], weights_only=True)
     assert stored["card"]["seed"] == 1 and stored["card"]["accuracy"] == 0.85
     assert float(load_backbone(written[0]).embedding[0].weight.detach().mean()) == 1.0
+
+
+def test_until_keeps_runs_that_cannot_finish_for_the_next_session(st, tmp_path):
+    assert st.estimated_seconds("mobilefacenet", 400, {}) == float("inf")  # nothing measured: nothing fits
+    _write(tmp_path, "sweep", "mobilefacenet", 0.0125, 0, 0.8, steps=400, resumed_from=0, cpu_s=800.0)
+    _write(tmp_path, "sweep", "drconv_mobilefacenet", 0.0125, 0, 0.8, steps=400, resumed_from=200, cpu_s=1200.0)
+    rates = st.cpu_per_step(tmp_path)
+    assert rates == {"mobilefacenet": 2.0, "drconv_mobilefacenet": 6.0}
+    assert st.estimated_seconds("mobilefacenet", 1200, rates) == pytest.approx(2.0 * 1200 * 1.3)
+    assert st.estimated_seconds("drconv_mobilefacenet@paper", 400, rates) == pytest.approx(6.0 * 400 * 1.3)
+    assert st.estimated_seconds("condconv_mobilefacenet", 10, rates) == pytest.approx(6.0 * 10 * 1.3)  # slowest
+    now = time.mktime((2026, 12, 2, 13, 0, 0, 0, 0, -1))
+    assert st.parse_until("15:30", now) - now == 2.5 * 3600
+    assert st.parse_until("12:00", now) - now == 23 * 3600          # passed today: tomorrow
+    assert st.parse_until(None) is None
+    for bad in ("25:00", "1530", "ab:cd"):
+        with pytest.raises(SystemExit, match="HH:MM"):
+            st.parse_until(bad, now)
