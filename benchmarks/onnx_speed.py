@@ -7,7 +7,7 @@ onnxruntime's CPU provider (default graph optimisations, ``intra_op_num_threads`
 within every repetition (interleaved, so machine load hits them alike); each figure is the median over
 ``--repeats`` repetitions of the mean of ``--runs`` calls, after warm-up. The table gives the ratio of medians,
 DRConv / plain, measured in the same run. ``--extra FILE`` times further ONNX files of the same input against the
-same plain baseline (e.g. an older export).
+same plain baseline (e.g. an older export). ``--profile`` adds onnxruntime's per-operator profile of every file.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/onnx_speed.py
 
@@ -58,6 +58,35 @@ def time_models(files: dict, threads: int, batch: int, size, repeats: int, runs:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def profile(path: Path, threads: int, batch: int, size, runs: int = 3, top: int = 12) -> str:
+    """onnxruntime's profile of ``runs`` calls after two warm-up calls: per operator type, milliseconds per call
+    (kernel time) and node count, largest first."""
+    import json
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name:
+                np.random.default_rng(0).uniform(-1, 1, (batch, 3, *size)).astype(np.float32)}
+        for _ in range(2 + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    time_by_op, nodes = {}, {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= starts[2]:
+            op = e["args"]["op_name"]
+            time_by_op[op] = time_by_op.get(op, 0) + e["dur"] / runs / 1e3
+            nodes[op] = nodes.get(op, 0) + 1 / runs
+    lines = [f"{op}: {ms:.1f} ms ({round(nodes[op])} nodes)"
+             for op, ms in sorted(time_by_op.items(), key=lambda kv: -kv[1])[:top]]
+    return f"{path.name}, {threads} thread(s), batch {batch}, kernel time per call: " + "; ".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drconv", default=str(ROOT / "data/pretrained/drconv_mobilefacenet.pt"),
@@ -70,6 +99,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=9, help="interleaved repetitions (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out-dir", default=None, help="where the exports go (default: a temporary folder)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print onnxruntime's per-operator profile of each file at 1 thread, every batch")
     args = parser.parse_args()
     try:
         import onnxruntime
@@ -105,6 +136,11 @@ def main() -> int:
                 t = time_models(files, threads, batch, size, args.repeats, runs, args.warmup)
                 cells = " | ".join(f"{t[n] * 1e3:.1f} | {t[n] / t['plain']:.2f}x" for n in others)
                 print(f"| {threads} | {batch} | {t['plain'] * 1e3:.1f} | {cells} |", flush=True)
+        if args.profile:
+            for batch in args.batches:
+                for name, path in files.items():
+                    print()
+                    print(profile(path, 1, batch, size))
     return 0
 
 
