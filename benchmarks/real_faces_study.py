@@ -165,6 +165,12 @@ def estimated_seconds(variant: str, steps: int, rates: dict[str, float]) -> floa
     return rate * steps * 1.3
 
 
+def checkpoint_step(run_dir: Path) -> int:
+    """The step of the run's latest checkpoint (``ckpt_<step>.pt``), 0 when it has none."""
+    steps = [int(p.stem.split("_")[-1]) for p in run_dir.glob("ckpt_*.pt") if p.stem.split("_")[-1].isdigit()]
+    return max(steps, default=0)
+
+
 def _alive(claim: Path) -> bool:
     try:
         host, pid = claim.read_text().split()[:2]
@@ -265,8 +271,7 @@ def run_one(stage: str, variant: str, lr: float, seed: int, split: Split, out: P
         s = rf.score(feats, split.labels)
         return {k: s[k] for k in ("accuracy", "tar_far1e-3", "rank1")}
 
-    ckpts = sorted(run_dir.glob("ckpt_*.pt"))
-    resumed_from = int(ckpts[-1].stem.split("_")[-1]) if ckpts else 0
+    resumed_from = checkpoint_step(run_dir)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = train(cfg, evaluators={"held": scorer})
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -320,7 +325,7 @@ def work_loop(args) -> None:
             run_dir = args.out / stage / run_name(variant, lr, seed)
             steps = FINAL_STEPS if stage == "final" else SWEEP_STEPS
             if args.until is not None and not (run_dir / "claim").exists() and \
-                    time.time() + estimated_seconds(variant, steps, rates) > args.until:
+                    time.time() + estimated_seconds(variant, steps - checkpoint_step(run_dir), rates) > args.until:
                 continue             # would not finish before the session ends: leave it to the next one
             if try_claim(run_dir):
                 try:

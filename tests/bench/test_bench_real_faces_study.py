@@ -153,3 +153,11 @@ def test_until_keeps_runs_that_cannot_finish_for_the_next_session(st, tmp_path):
     for bad in ("25:00", "1530", "ab:cd"):
         with pytest.raises(SystemExit, match="HH:MM"):
             st.parse_until(bad, now)
+
+
+def test_checkpoint_step_is_the_latest_checkpoint(st, tmp_path):
+    assert st.checkpoint_step(tmp_path) == 0
+    for step in (50, 100, 1150):
+        (tmp_path / f"ckpt_{step:08d}.pt").write_bytes(b"")
+    (tmp_path / "ckpt_latest.pt").write_bytes(b"")
+    assert st.checkpoint_step(tmp_path) == 1150
