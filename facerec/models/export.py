@@ -160,10 +160,10 @@ class ExportPReLU(nn.Module):
     * every slope <= 1 (trained PReLUs): ``max(x, w x)`` (Mul, Max), since x >= w x exactly when x >= 0;
     * otherwise ``relu(x) + w min(x, 0)`` (Relu, Min, Mul, Add).
 
-    onnxruntime's CPU PRelu kernel is slow: exported as PRelu, the plain MobileFaceNet spent 288 of its 488 ms of
-    kernel time (batch 32, 1 thread, ``benchmarks/onnx_speed.py --profile``) in its 33 PRelu nodes, and 34 ms in
-    their ``max(x, w x)`` form. So every variant exports its PReLUs this way; the form is chosen from the slopes
-    at export time.
+    onnxruntime's CPU PRelu kernel is slow: in one profile (``benchmarks/onnx_speed.py --profile``, batch 32, 1
+    thread) the plain MobileFaceNet exported with PRelu spent 288 of its 488 ms of kernel time in its 33 PRelu
+    nodes, and 34 ms in their ``max(x, w x)`` form. So every variant exports its PReLUs this way; the form is
+    chosen from the slopes at export time.
 
     Shapes: x (B, C, ...) with C = ``num_parameters`` (or any C when it is 1) -> same shape.
     """

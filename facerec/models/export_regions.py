@@ -12,7 +12,8 @@ so the exported graph does a conv's work per term and never forms the m region o
 1. routing (:func:`region_routing`, once per guided mask): a counting sort of the rows by region (Equal,
    CumSum, GatherElements, ScatterElements): the rows of each region, ascending, and each row's place in that
    order;
-2. the scaled rows ``[x, s x]`` (a Mul by each row's coefficient, picked by one Gather, and a Concat);
+2. the scaled rows ``[x, s x]`` (one broadcast Mul, the coefficient of each row's sample and region picked by
+   one Gather);
 3. per region: Gather of its rows, one Gemm with its stacked kernels (+ bias);
 4. Concat of the m results and one Gather by the inverse permutation back to pixel order.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facerec.nn import DRConv2d
@@ -149,9 +151,8 @@ def paper_pointwise_rows(layer: DRConv2d, rows: Tensor, routing: RegionRouting, 
         bias = shift if bias is None else bias * scale + shift
     kernels = kernels.transpose(2, 3).reshape(regions, -1, layer.out_channels)  # (m, (1+t)C, O)
     per_row = coefficients.reshape(-1, terms).index_select(0, routing.sample_region)  # (N, t)
-    # [x, s_1 x, ..., s_t x]: one-sided (N, C) * (N, 1) products, which onnxruntime vectorises (a (N, 1, C) *
-    # (N, 1+t, 1) broadcast from both sides ran 5x slower)
-    inputs = torch.cat([rows] + [rows * per_row[:, k:k + 1] for k in range(terms)], 1)  # (N, (1+t)C)
+    scale_rows = F.pad(per_row, (1, 0), value=1.0).unsqueeze(2)  # (N, 1+t, 1): [1, s_1, ..., s_t]
+    inputs = (rows.unsqueeze(1) * scale_rows).reshape(-1, int(kernels.shape[1]))  # (N, (1+t)C)
     outs = []
     for j, index in enumerate(split_rows(routing.order, routing.sizes)):
         picked = inputs.index_select(0, index)
