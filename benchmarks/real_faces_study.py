@@ -29,10 +29,10 @@ where the study stopped; a stage's runs start when the runs they depend on are d
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 OMP_WAIT_POLICY=PASSIVE \\
         nohup .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --workers 2 \\
         --until 15:55 &
+    .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --report
 
 ``--until`` (the session's end) keeps a worker from starting a run that its variant's measured CPU seconds per
 step say cannot finish by then; it takes a shorter pending run instead, or stops.
-    .venv/bin/python benchmarks/real_faces_study.py --out runs/real_faces_study --report
 """
 from __future__ import annotations
 
@@ -163,6 +163,10 @@ def estimated_seconds(variant: str, steps: int, rates: dict[str, float]) -> floa
         return math.inf
     rate = rates.get(variant) or rates.get(variant.split("@")[0]) or max(rates.values())
     return rate * steps * 1.3
+
+
+def _steps(stage: str) -> int:
+    return FINAL_STEPS if stage == "final" else SWEEP_STEPS
 
 
 def checkpoint_step(run_dir: Path) -> int:
@@ -321,11 +325,17 @@ def work_loop(args) -> None:
             time.sleep(60)           # another process holds the runs this stage waits for
             continue
         rates = cpu_per_step(args.out)
+
+        def too_late(stage: str, variant: str, lr: float, seed: int) -> bool:
+            """Expected to end after --until, counted from the run's latest checkpoint."""
+            run_dir = args.out / stage / run_name(variant, lr, seed)
+            left = _steps(stage) - checkpoint_step(run_dir)
+            return args.until is not None and time.time() + estimated_seconds(variant, left, rates) > args.until
+
         for stage, variant, lr, seed in pending:
             run_dir = args.out / stage / run_name(variant, lr, seed)
-            steps = FINAL_STEPS if stage == "final" else SWEEP_STEPS
-            if args.until is not None and not (run_dir / "claim").exists() and \
-                    time.time() + estimated_seconds(variant, steps - checkpoint_step(run_dir), rates) > args.until:
+            steps = _steps(stage)
+            if not (run_dir / "claim").exists() and too_late(stage, variant, lr, seed):
                 continue             # would not finish before the session ends: leave it to the next one
             if try_claim(run_dir):
                 try:
@@ -339,9 +349,7 @@ def work_loop(args) -> None:
                     (run_dir / "claim").unlink(missing_ok=True)
                 break
         else:
-            if args.until is not None and all(
-                    time.time() + estimated_seconds(v, FINAL_STEPS if st == "final" else SWEEP_STEPS, rates)
-                    > args.until for st, v, _, _ in pending):
+            if args.until is not None and all(too_late(*run) for run in pending):
                 print("no pending run can finish before --until; stopping", flush=True)
                 return
             time.sleep(60)

@@ -140,6 +140,9 @@ def test_export_prelu_equals_prelu_bit_for_bit(channels, shape, top):
     x = torch.randn(*shape)
     x.view(-1)[:3] = torch.tensor([0.0, -0.0, -1e-30])
     assert torch.equal(ExportPReLU(prelu)(x), prelu(x))
+
+
+def test_exportable_replaces_every_prelu():
     for name in ("mobilefacenet", "drconv_mobilefacenet"):  # every PReLU, those of replaced blocks included
         clone = exportable(create_model(name, input_size=(112, 96)))
         wrapped = {id(m.layer) for m in clone.modules() if isinstance(m, ExportPReLU)}
