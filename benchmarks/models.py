@@ -5,8 +5,9 @@ weight-decay groups), batch 32, 112x112. Inference = eval(), no_grad, batch 32, 
 median of ``--repeats`` timed repetitions after warm-up; variants are interleaved round by round so machine
 load affects them alike, and each timed call follows an untimed one of the same model: the first call after
 another model has run pays for the caches and the allocator refilled (measured: a plain training step of
-2.0 s took 2.8 s right after a DRConv step), which would inflate the cheaper model's time most. ``--blocks`` adds a per-bottleneck table (forward+backward of each block alone, the
-variant's block against the plain block of the same shape) to show which layers dominate.
+2.0 s took 2.8 s right after a DRConv step), which would inflate the cheaper model's time most. ``--blocks``
+adds a per-bottleneck table (forward+backward of each block alone, the variant's block against the plain block
+of the same shape) to show which layers dominate.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/models.py [--blocks]
 

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import real_faces_study as st  # noqa: E402
 
-__all__ = ["sweep_table", "aids_table", "final_table", "paired_table", "usage_table", "report", "plot_curves",
-           "export_pretrained"]
+__all__ = ["planned_final", "sweep_table", "aids_table", "final_table", "paired_table", "usage_table", "report",
+           "plot_curves", "export_pretrained"]
 
 _METRICS = (("accuracy", "10-fold acc. %"), ("tar_far1e-3", "TAR@FAR=1e-3 %"), ("rank1", "rank-1 %"))
 
@@ -42,7 +42,7 @@ def sweep_table(runs: dict[str, dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for variant in ("mobilefacenet", "drconv_mobilefacenet"):
         chosen = st.choose_lr(runs, variant)
-        for lr in st.LRS:
+        for lr in st.sweep_lrs(runs, variant):
             r = runs.get(st.run_name(variant, lr, 0))
             if r is None:
                 continue
@@ -73,7 +73,8 @@ def aids_table(sweep: dict[str, dict], aids: dict[str, dict]) -> str:
     lr = st.choose_lr(sweep, "drconv_mobilefacenet")
     if lr is None:
         return "(the DRConv sweep is not complete)"
-    both = {**{k: v for k, v in sweep.items() if v["variant"] == "drconv_mobilefacenet" and v["lr"] == lr}, **aids}
+    both = {**{k: v for k, v in sweep.items() if v["variant"] == "drconv_mobilefacenet" and v["lr"] == lr},
+            **{k: v for k, v in aids.items() if v["lr"] == lr}}
     header = ["| layer | lr | seeds | " + " | ".join(h for _, h in _METRICS) + " | final loss | selection score |",
               "|---|---|---|---|---|---|---|---|"]
     choice = st.choose_setting(both, lr)
@@ -125,12 +126,25 @@ def usage_table(final: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def planned_final(out: Path) -> dict[str, dict]:
+    """The finished final runs at the chosen lrs and setting (``real_faces_study.planned_final``)."""
+    names = st.planned_final(out)
+    return {k: v for k, v in st.load_stage(out, "final").items() if k in names}
+
+
 def report(out: Path) -> str:
     sweep, aids, final = (st.load_stage(out, s) for s in ("sweep", "aids", "final"))
+    planned = planned_final(out)
+    lr_d = st.choose_lr(sweep, "drconv_mobilefacenet")
     parts = ["## lr sweep (held-out train/ identities)", sweep_table(sweep),
              "## training aids at DRConv's lr", aids_table(sweep, aids),
-             "## final runs (val/)", final_table(final), "### paired difference", paired_table(final),
-             "### region usage", usage_table(final)]
+             "## final runs (val/)", final_table(planned), "### paired difference", paired_table(planned),
+             "### region usage", usage_table(planned)]
+    off_aids = {k: v for k, v in aids.items() if lr_d is not None and v["lr"] != lr_d}
+    off_final = {k: v for k, v in final.items() if k not in planned}
+    if off_aids or off_final:
+        parts += ["## runs at an lr or setting the study no longer chooses (kept, not in the tables above)",
+                  final_table({**off_aids, **off_final})]
     return "\n\n".join(parts)
 
 
@@ -163,9 +177,9 @@ def plot_curves(final: dict[str, dict], path: Path) -> None:
 
 
 def export_pretrained(out: Path, dest: Path) -> list[Path]:
-    """The best final run by val/ 10-fold accuracy of each shipped variant -> ``dest/<variant>.pt`` (the DRConv
+    """The best planned final run by val/ 10-fold accuracy of each shipped variant -> ``dest/<variant>.pt`` (the DRConv
     model from the layer setting the aids stage chose; the basis generator is a setting, not exported)."""
-    final = st.load_stage(out, "final")
+    final = planned_final(out)
     records = [dict(r, variant=r["variant"].split("@")[0], run=name) for name, r in final.items()
                if not r["variant"].endswith("@basis")]
     return st.rf.export_pretrained(records, out / "final", dest, run_dir=lambda r: out / "final" / r["run"])
@@ -180,7 +194,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(report(args.out))
     if args.plot:
-        plot_curves(st.load_stage(args.out, "final"), args.plot)
+        plot_curves(planned_final(args.out), args.plot)
     if args.export_pretrained:
         for path in export_pretrained(args.out, args.export_pretrained):
             print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

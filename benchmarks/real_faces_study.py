@@ -6,7 +6,9 @@ that writes ``<out>/<stage>/<run>/result.json`` when done and is never trained a
 1. ``sweep``: mobilefacenet and drconv_mobilefacenet (shipped settings), seed 0, at each lr of ``LRS``;
    trained on ``train/`` minus ``TUNE`` held-out identities (every 7th identity by sorted name) and scored on
    those held-out identities (never on ``val/``). Each variant's lr is the one with the best selection score
-   (mean of 10-fold accuracy, TAR@FAR=1e-3 and rank-1 on the held-out identities).
+   (mean of 10-fold accuracy, TAR@FAR=1e-3 and rank-1 on the held-out identities). When that is the grid's
+   lowest (highest) lr, the variant's grid is extended by half (twice) that lr, up to ``MAX_EXTENSIONS`` points
+   each way (``sweep_lrs``), and the later stages wait for it.
 2. ``aids``: at DRConv's chosen lr, the paper-exact layer (``@paper``: ``guide_norm=False``, ``init="spread"``)
    against the shipped one, 2 seeds each, same split and length as the sweep. The paper-exact layer is kept
    unless the shipped one is ahead by more than the larger seed spread (fidelity to the paper wins a tie).
@@ -55,10 +57,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import real_faces as rf  # noqa: E402
 
-__all__ = ["LRS", "PAPER_FRACTIONS", "plan", "milestones", "selection_score", "choose_lr", "choose_setting",
+__all__ = ["LRS", "PAPER_FRACTIONS", "plan", "sweep_lrs", "planned_final", "milestones", "selection_score",
+           "choose_lr", "choose_setting",
            "split_identities", "cpu_per_step", "estimated_seconds", "parse_until", "main"]
 
 LRS = (0.0125, 0.025, 0.05, 0.1)
+MAX_EXTENSIONS = 2      # sweep points added beyond LRS at either end (a best lr at the grid's edge)
 PAPER_FRACTIONS = (252 / 420, 364 / 420, 406 / 420)
 SWEEP_STEPS = 400
 FINAL_STEPS = 1200
@@ -91,9 +95,28 @@ def run_name(variant: str, lr: float, seed: int) -> str:
     return f"{variant}_lr{lr:g}_s{seed}"
 
 
+def sweep_lrs(sweep: dict[str, dict], variant: str) -> tuple[float, ...]:
+    """The sweep grid of ``variant``: LRS, extended by halving (doubling) while the best finished lr is the grid's
+    lowest (highest) point, at most MAX_EXTENSIONS points each way: a best lr at the edge of the grid is not known
+    to be the best one. Ascending."""
+    grid = list(LRS)
+    while True:
+        done = [sweep.get(run_name(variant, lr, 0)) for lr in grid]
+        if any(r is None for r in done):
+            return tuple(grid)
+        best = max(done, key=selection_score)["lr"]
+        if best == grid[0] and LRS[0] / grid[0] < 2 ** MAX_EXTENSIONS:
+            grid.insert(0, grid[0] / 2)
+        elif best == grid[-1] and grid[-1] / LRS[-1] < 2 ** MAX_EXTENSIONS:
+            grid.append(grid[-1] * 2)
+        else:
+            return tuple(grid)
+
+
 def choose_lr(sweep: dict[str, dict], variant: str) -> float | None:
-    """The lr whose sweep run of ``variant`` has the best selection score; None until all of LRS are done."""
-    mine = [sweep.get(run_name(variant, lr, 0)) for lr in LRS]
+    """The lr whose sweep run of ``variant`` has the best selection score over ``sweep_lrs``; None until every
+    point of that grid is done."""
+    mine = [sweep.get(run_name(variant, lr, 0)) for lr in sweep_lrs(sweep, variant)]
     if any(r is None for r in mine):
         return None
     return max(mine, key=selection_score)["lr"]
@@ -125,6 +148,8 @@ def plan(out: Path) -> list[tuple[str, str, float, int]]:
     for lr in LRS:
         for variant in ("drconv_mobilefacenet", "mobilefacenet"):
             runs.append(("sweep", variant, lr, 0))
+    for variant in ("drconv_mobilefacenet", "mobilefacenet"):
+        runs += [("sweep", variant, lr, 0) for lr in sweep_lrs(sweep, variant) if lr not in LRS]
     lr_d, lr_p = choose_lr(sweep, "drconv_mobilefacenet"), choose_lr(sweep, "mobilefacenet")
     if lr_d is not None:
         runs += [("aids", "drconv_mobilefacenet@paper", lr_d, 0), ("aids", "drconv_mobilefacenet@paper", lr_d, 1)]
@@ -142,6 +167,12 @@ def plan(out: Path) -> list[tuple[str, str, float, int]]:
             if seed < SEEDS_FINAL[variant] and lrs[variant] is not None and name is not None:
                 runs.append(("final", name, lrs[variant], seed))
     return runs
+
+
+def planned_final(out: Path) -> set[str]:
+    """Run names of the final stage at the chosen lrs and setting (a final run made before a sweep extension
+    changed the chosen lr is not among them)."""
+    return {run_name(v, lr, seed) for stage, v, lr, seed in plan(out) if stage == "final"}
 
 
 def cpu_per_step(out: Path) -> dict[str, float]:

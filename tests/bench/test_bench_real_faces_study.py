@@ -71,6 +71,49 @@ def test_plan_moves_from_sweep_to_aids_to_final_with_the_chosen_lrs(st, tmp_path
     assert ("final", "drconv_mobilefacenet@basis", 0.025, 0) in final and len(final) == 9
 
 
+def _sweep(out, best: dict[str, float], lrs=None):
+    for variant, top in best.items():
+        for lr in lrs or (0.0125, 0.025, 0.05, 0.1):
+            _write(out, "sweep", variant, lr, 0, 0.9 - abs(lr - top))
+
+
+def test_sweep_grid_extends_while_the_best_lr_is_at_its_edge(st, tmp_path):
+    _sweep(tmp_path, {"drconv_mobilefacenet": 0.0, "mobilefacenet": 1.0})    # best at the lowest / highest lr
+    sweep = st.load_stage(tmp_path, "sweep")
+    assert st.sweep_lrs(sweep, "drconv_mobilefacenet") == (0.00625, 0.0125, 0.025, 0.05, 0.1)
+    assert st.sweep_lrs(sweep, "mobilefacenet") == (0.0125, 0.025, 0.05, 0.1, 0.2)
+    assert st.choose_lr(sweep, "drconv_mobilefacenet") is None          # the later stages wait for the new point
+    assert not [r for r in st.plan(tmp_path) if r[0] != "sweep"]
+    assert [r for r in st.plan(tmp_path) if r[2] in (0.00625, 0.2)] == [
+        ("sweep", "drconv_mobilefacenet", 0.00625, 0), ("sweep", "mobilefacenet", 0.2, 0)]
+    _write(tmp_path, "sweep", "drconv_mobilefacenet", 0.00625, 0, 0.5)  # worse: the edge lr was the best
+    _write(tmp_path, "sweep", "mobilefacenet", 0.2, 0, 0.95)            # better: one more, then the cap
+    sweep = st.load_stage(tmp_path, "sweep")
+    assert st.choose_lr(sweep, "drconv_mobilefacenet") == 0.0125
+    assert st.sweep_lrs(sweep, "mobilefacenet")[-1] == 0.4 and st.choose_lr(sweep, "mobilefacenet") is None
+    _write(tmp_path, "sweep", "mobilefacenet", 0.4, 0, 0.99)
+    sweep = st.load_stage(tmp_path, "sweep")
+    assert len(st.sweep_lrs(sweep, "mobilefacenet")) == 4 + st.MAX_EXTENSIONS
+    assert st.choose_lr(sweep, "mobilefacenet") == 0.4
+    assert ("aids", "drconv_mobilefacenet@paper", 0.0125, 0) in st.plan(tmp_path)
+
+
+def test_final_runs_at_an_lr_no_longer_chosen_stay_out_of_the_tables(st, tmp_path):
+    import real_faces_report as rep
+    _sweep(tmp_path, {"drconv_mobilefacenet": 0.025, "mobilefacenet": 0.05})
+    for seed in range(2):
+        _write(tmp_path, "aids", "drconv_mobilefacenet@paper", 0.025, seed, 0.5)
+    _write(tmp_path, "aids", "drconv_mobilefacenet", 0.025, 1, 0.9)
+    _write(tmp_path, "final", "mobilefacenet", 0.05, 0, 0.80)
+    _write(tmp_path, "final", "drconv_mobilefacenet", 0.025, 0, 0.82)
+    _write(tmp_path, "final", "drconv_mobilefacenet", 0.1, 0, 0.60)     # made before the lr choice moved
+    assert st.planned_final(tmp_path) >= {"mobilefacenet_lr0.05_s0", "drconv_mobilefacenet_lr0.025_s0"}
+    assert "drconv_mobilefacenet_lr0.1_s0" not in st.planned_final(tmp_path)
+    text = rep.report(tmp_path)
+    tables, outside = text.split("no longer chooses")
+    assert "+2.00" in tables and "60.0" not in tables and "| drconv_mobilefacenet | 0.1 | 1 | 60.0" in outside
+
+
 def test_shipped_layer_kept_when_clearly_ahead(st):
     runs = {}
     for name, accs in (("drconv_mobilefacenet", (0.90, 0.91)), ("drconv_mobilefacenet@paper", (0.80, 0.81))):
@@ -122,6 +165,7 @@ def test_export_pretrained_takes_the_best_final_run_of_each_shipped_variant(st, 
 
     from facerec.models import create_model, load_backbone
     out = tmp_path / "runs"
+    _sweep(out, {"drconv_mobilefacenet": 0.05, "mobilefacenet": 0.05})
     cfg = {"model": {"name": "mobilefacenet", "input_size": [112, 96], "embedding_size": 128}}
     for seed, acc in ((0, 0.80), (1, 0.85)):
         _write(out, "final", "mobilefacenet", 0.05, seed, acc, accuracy_std=0.01, steps=10, warmup=1, batch=64)
