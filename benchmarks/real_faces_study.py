@@ -160,12 +160,13 @@ def plan(out: Path) -> list[tuple[str, str, float, int]]:
     # so plain-model finals fill a worker that the aids stage leaves idle
     lrs = {"mobilefacenet": lr_p, "local_mobilefacenet": lr_p, "condconv_mobilefacenet": lr_p,
            "drconv_mobilefacenet": lr_d, "drconv_mobilefacenet@basis": lr_d}
-    for seed in range(3):
-        for variant in ("drconv_mobilefacenet", "mobilefacenet", "local_mobilefacenet",
-                        "condconv_mobilefacenet", "drconv_mobilefacenet@basis"):
-            name = setting if variant == "drconv_mobilefacenet" else variant
-            if seed < SEEDS_FINAL[variant] and lrs[variant] is not None and name is not None:
-                runs.append(("final", name, lrs[variant], seed))
+    # the 3-seed comparison first (it answers the study's question), then the one-seed variants
+    order = [(v, seed) for seed in range(3) for v in ("drconv_mobilefacenet", "mobilefacenet")]
+    order += [(v, 0) for v in ("local_mobilefacenet", "condconv_mobilefacenet", "drconv_mobilefacenet@basis")]
+    for variant, seed in order:
+        name = setting if variant == "drconv_mobilefacenet" else variant
+        if seed < SEEDS_FINAL[variant] and lrs[variant] is not None and name is not None:
+            runs.append(("final", name, lrs[variant], seed))
     return runs
 
 

@@ -69,6 +69,11 @@ def test_plan_moves_from_sweep_to_aids_to_final_with_the_chosen_lrs(st, tmp_path
     assert ("final", "drconv_mobilefacenet@paper", 0.025, 2) in final
     assert ("final", "mobilefacenet", 0.05, 2) in final and ("final", "local_mobilefacenet", 0.05, 0) in final
     assert ("final", "drconv_mobilefacenet@basis", 0.025, 0) in final and len(final) == 9
+    # the 3-seed comparison comes first, seed by seed, then the one-seed variants
+    assert [(r[1], r[3]) for r in final] == [
+        ("drconv_mobilefacenet@paper", 0), ("mobilefacenet", 0), ("drconv_mobilefacenet@paper", 1),
+        ("mobilefacenet", 1), ("drconv_mobilefacenet@paper", 2), ("mobilefacenet", 2), ("local_mobilefacenet", 0),
+        ("condconv_mobilefacenet", 0), ("drconv_mobilefacenet@basis", 0)]
 
 
 def _sweep(out, best: dict[str, float], lrs=None):
