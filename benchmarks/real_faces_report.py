@@ -134,7 +134,8 @@ def planned_final(out: Path) -> dict[str, dict]:
 
 def report(out: Path) -> str:
     sweep, aids, final = (st.load_stage(out, s) for s in ("sweep", "aids", "final"))
-    planned = planned_final(out)
+    names = st.planned_final(out)
+    planned = {k: v for k, v in final.items() if k in names}
     lr_d = st.choose_lr(sweep, "drconv_mobilefacenet")
     parts = ["## lr sweep (held-out train/ identities)", sweep_table(sweep),
              "## training aids at DRConv's lr", aids_table(sweep, aids),
