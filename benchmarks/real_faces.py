@@ -55,10 +55,12 @@ VARIANTS = ("mobilefacenet", "drconv_mobilefacenet", "condconv_mobilefacenet", "
 # ones) and the first run of each process is a first seed.
 DEFAULT_RUNS = (("drconv_mobilefacenet", 0), ("mobilefacenet", 0), ("mobilefacenet", 1),
                 ("drconv_mobilefacenet", 1), ("condconv_mobilefacenet", 0), ("local_mobilefacenet", 0))
-# DRConv settings other than the shipped defaults, run as "drconv_mobilefacenet@<setting>:<seed>" with the same
-# recipe: the official code's shared-basis generator, and the guide's gradient (Eq.7-8) scaled by 0.1.
+# DRConv settings other than the shipped defaults, run as "drconv_mobilefacenet@<setting>:<seed>" (several joined
+# by "+") with the same recipe: the official code's shared-basis generator, the guide's gradient (Eq.7-8) scaled by
+# 0.1, the paper-exact layer, and 100x the weight decay on the per-region filter parts.
 SETTINGS = {"basis": ["model.options.generator=basis"], "guide0.1": ["model.options.guide_grad_scale=0.1"],
-            "paper": ["model.options.guide_norm=false", "model.options.init=spread"]}
+            "paper": ["model.options.guide_norm=false", "model.options.init=spread"],
+            "regionwd100": ["optim.weight_decay_region_factor=100"]}
 SETTING_RUNS = (("drconv_mobilefacenet@guide0.1", 0), ("drconv_mobilefacenet@basis", 0),
                 ("drconv_mobilefacenet@basis", 1), ("drconv_mobilefacenet@basis", 2))
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "real-faces-323"
@@ -122,13 +124,16 @@ def milestones(steps: int) -> list[int]:
 
 
 def split_name(name: str) -> tuple[str, list[str]]:
-    """"variant" or "variant@setting" -> (variant, config overrides of the setting)."""
-    variant, _, setting = name.partition("@")
+    """"variant", "variant@setting" or "variant@setting+setting" -> (variant, config overrides of the settings)."""
+    variant, _, settings = name.partition("@")
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")
-    if setting and setting not in SETTINGS:
-        raise SystemExit(f"unknown setting {setting!r} in {name!r}; valid: {', '.join(SETTINGS)}")
-    return variant, SETTINGS.get(setting, [])
+    overrides = []
+    for setting in settings.split("+") if settings else []:
+        if setting not in SETTINGS:
+            raise SystemExit(f"unknown setting {setting!r} in {name!r}; valid: {', '.join(SETTINGS)}")
+        overrides += SETTINGS[setting]
+    return variant, overrides
 
 
 def _order(name: str) -> tuple[int, str]:

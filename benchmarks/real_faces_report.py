@@ -83,8 +83,9 @@ def aids_table(sweep: dict[str, dict], aids: dict[str, dict]) -> str:
 
 
 def _final_order(variant: str) -> int:
-    order = ("mobilefacenet", "drconv_mobilefacenet", "drconv_mobilefacenet@paper", "local_mobilefacenet",
-             "condconv_mobilefacenet", "drconv_mobilefacenet@basis")
+    order = ("mobilefacenet", "drconv_mobilefacenet", "drconv_mobilefacenet@paper",
+             st.change_name("drconv_mobilefacenet"), st.change_name("drconv_mobilefacenet@paper"),
+             "local_mobilefacenet", "condconv_mobilefacenet", "drconv_mobilefacenet@basis")
     return order.index(variant) if variant in order else len(order)
 
 
@@ -95,15 +96,22 @@ def final_table(final: dict[str, dict]) -> str:
     return "\n".join(header + _rows(_grouped(final), _final_order))
 
 
-def paired_table(final: dict[str, dict]) -> str:
-    """DRConv minus plain, paired by seed (same data order and initial generator seed), on val/."""
-    plain = {r["seed"]: r for r in final.values() if r["variant"] == "mobilefacenet"}
-    dr = {r["seed"]: r for r in final.values() if r["variant"].startswith("drconv_mobilefacenet")
-          and r["variant"] != "drconv_mobilefacenet@basis"}
+def _drconv_setting(final: dict[str, dict]) -> str | None:
+    """The DRConv layer setting of the final comparison (shipped or paper-exact) among ``final``."""
+    found = {r["variant"] for r in final.values()} & {"drconv_mobilefacenet", "drconv_mobilefacenet@paper"}
+    return min(found) if found else None
+
+
+def paired_table(final: dict[str, dict], base: str = "mobilefacenet", other: str | None = None) -> str:
+    """``other`` (default: the DRConv final setting) minus ``base``, paired by seed (same data order and initial
+    generator seed), on val/."""
+    other = other or _drconv_setting(final)
+    plain = {r["seed"]: r for r in final.values() if r["variant"] == base}
+    dr = {r["seed"]: r for r in final.values() if r["variant"] == other}
     seeds = sorted(set(plain) & set(dr))
     if not seeds:
-        return "(no seed has both models finished)"
-    lines = ["| metric | DRConv − plain per seed (points) | mean ± std |", "|---|---|---|"]
+        return f"(no seed has both {base} and {other} finished)"
+    lines = [f"| metric | {other} − {base} per seed (points) | mean ± std |", "|---|---|---|"]
     for key, name in _METRICS + (("final_loss", "final loss"),):
         k = 1.0 if key == "final_loss" else 100.0
         diffs = [k * (dr[s][key] - plain[s][key]) for s in seeds]
@@ -141,6 +149,11 @@ def report(out: Path) -> str:
              "## training aids at DRConv's lr", aids_table(sweep, aids),
              "## final runs (val/)", final_table(planned), "### paired difference", paired_table(planned),
              "### region usage", usage_table(planned)]
+    setting = _drconv_setting(planned)
+    if setting and any(r["variant"] == st.change_name(setting) for r in planned.values()):
+        change = st.change_name(setting)
+        parts += [f"## the one change: `{change}` (DRConv trails the plain model)",
+                  paired_table(planned, setting, change), paired_table(planned, "mobilefacenet", change)]
     off_aids = {k: v for k, v in aids.items() if lr_d is not None and v["lr"] != lr_d}
     off_final = {k: v for k, v in final.items() if k not in planned}
     if off_aids or off_final:
@@ -156,6 +169,8 @@ def plot_curves(final: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colours = {"mobilefacenet": "#000000", "drconv_mobilefacenet": "#D55E00", "drconv_mobilefacenet@paper": "#D55E00",
+               st.change_name("drconv_mobilefacenet"): "#E69F00",
+               st.change_name("drconv_mobilefacenet@paper"): "#E69F00",
                "local_mobilefacenet": "#009E73", "condconv_mobilefacenet": "#0072B2",
                "drconv_mobilefacenet@basis": "#CC79A7"}
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -179,10 +194,11 @@ def plot_curves(final: dict[str, dict], path: Path) -> None:
 
 def export_pretrained(out: Path, dest: Path) -> list[Path]:
     """The best planned final run by val/ 10-fold accuracy of each shipped variant -> ``dest/<variant>.pt`` (the DRConv
-    model from the layer setting the aids stage chose; the basis generator is a setting, not exported)."""
+    model from the layer setting the aids stage chose; the basis generator and the change are settings, not
+    exported)."""
     final = planned_final(out)
     records = [dict(r, variant=r["variant"].split("@")[0], run=name) for name, r in final.items()
-               if not r["variant"].endswith("@basis")]
+               if not r["variant"].endswith(("@basis", st.CHANGE))]
     return st.rf.export_pretrained(records, out / "final", dest, run_dir=lambda r: out / "final" / r["run"])
 
 

@@ -93,6 +93,9 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 4e-5  # everything before the global depthwise conv
     weight_decay_last: float = 4e-4  # layers after the GDConv and the classifier
+    # x the decay of DRConv's per-region filter parts (PaperFilterGenerator.region_parameter_names): > 1 pulls
+    # each region's filter towards the layer's shared filter harder
+    weight_decay_region_factor: float = 1.0
     grad_clip: float = 0.0  # max global gradient L2 norm; 0 disables clipping
 
     def __post_init__(self) -> None:
@@ -100,6 +103,10 @@ class OptimConfig:
         _check(self.lr > 0, "optim.lr", self.lr, "> 0")
         _check(self.lr_batch >= 0, "optim.lr_batch", self.lr_batch, ">= 0 (0: no scaling)")
         _check(0 <= self.momentum < 1, "optim.momentum", self.momentum, "[0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _check(self.weight_decay_last >= 0, "optim.weight_decay_last", self.weight_decay_last, ">= 0")
+        _check(self.weight_decay_region_factor >= 0, "optim.weight_decay_region_factor",
+               self.weight_decay_region_factor, ">= 0")
         _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, ">= 0")
 
 

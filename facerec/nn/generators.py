@@ -79,9 +79,12 @@ class PaperFilterGenerator(nn.Module):
 
     ``filter_parameter_names``: ``expand.bias`` holds the per-region filter deltas (m*O*C*k^2 values), filters
     by role and a bias by name only; ``facerec.models.param_groups`` reads this to weight-decay them.
+    ``region_parameter_names``: the parameters that make one region's filter differ from another's (the deltas
+    and the dynamic part V), for ``optim.weight_decay_region_factor``.
     """
 
     filter_parameter_names = ("expand.bias",)
+    region_parameter_names = ("expand.weight", "expand.bias")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], regions: int,
                  hidden_channels: int, init: str = "static") -> None:

@@ -36,7 +36,8 @@ def build_optimizer(cfg: OptimConfig, backbone: nn.Module, head: nn.Module) -> t
     """SGD over ``facerec.models.param_groups`` (4e-5 general, 4e-4 after the GDConv and classifier)."""
     from facerec.models import param_groups
 
-    groups = param_groups(backbone, head, wd=cfg.weight_decay, wd_late=cfg.weight_decay_last)
+    groups = param_groups(backbone, head, wd=cfg.weight_decay, wd_late=cfg.weight_decay_last,
+                          region_factor=cfg.weight_decay_region_factor)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

@@ -85,6 +85,9 @@ def test_study_smoke_on_a_few_real_identities_resumes_and_reports(rf, shared_dat
 def test_settings_name_their_overrides_and_sort_after_their_variant(rf, tmp_path):
     assert rf.split_name("mobilefacenet") == ("mobilefacenet", [])
     assert rf.split_name("drconv_mobilefacenet@basis") == ("drconv_mobilefacenet", ["model.options.generator=basis"])
+    assert rf.split_name("drconv_mobilefacenet@paper+regionwd100") == (
+        "drconv_mobilefacenet", ["model.options.guide_norm=false", "model.options.init=spread",
+                                 "optim.weight_decay_region_factor=100"])
     with pytest.raises(SystemExit, match="unknown setting 'nope'"):
         rf.split_name("drconv_mobilefacenet@nope")
     with pytest.raises(SystemExit, match="unknown variant"):

@@ -210,3 +210,45 @@ def test_checkpoint_step_is_the_latest_checkpoint(st, tmp_path):
         (tmp_path / f"ckpt_{step:08d}.pt").write_bytes(b"")
     (tmp_path / "ckpt_latest.pt").write_bytes(b"")
     assert st.checkpoint_step(tmp_path) == 1150
+
+
+def _finals(out, drconv_rank1: float):
+    """Sweep and aids done (plain 0.05, shipped DRConv at 0.025), the 6 comparison finals with DRConv's rank-1
+    (its TAR at the plain model's)."""
+    _sweep(out, {"drconv_mobilefacenet": 0.025, "mobilefacenet": 0.05})
+    _write(out, "aids", "drconv_mobilefacenet", 0.025, 1, 0.95)
+    for seed in range(2):
+        _write(out, "aids", "drconv_mobilefacenet@paper", 0.025, seed, 0.5)
+    for seed in range(3):
+        _write(out, "final", "mobilefacenet", 0.05, seed, 0.80, rank1=0.80)
+        _write(out, "final", "drconv_mobilefacenet", 0.025, seed, 0.80, rank1=drconv_rank1 + seed / 1000)
+
+
+def test_the_change_runs_only_when_drconv_trails(st, tmp_path):
+    import real_faces_report as rep
+    ahead, behind = tmp_path / "ahead", tmp_path / "behind"
+    _finals(ahead, 0.80)                             # level on TAR, ahead on rank-1: no change
+    assert st.drconv_trails(st.load_stage(ahead, "final"), 0.05, 0.025, "drconv_mobilefacenet") is False
+    assert not [r for r in st.plan(ahead) if "regionwd" in r[1]]
+    _finals(behind, 0.78)
+    final = st.load_stage(behind, "final")
+    assert st.drconv_trails(final, 0.05, 0.025, "drconv_mobilefacenet") is True
+    del final[st.run_name("mobilefacenet", 0.05, 2)]
+    assert st.drconv_trails(final, 0.05, 0.025, "drconv_mobilefacenet") is None     # not all 6 runs done
+    order = [(r[1], r[3]) for r in st.plan(behind) if r[0] == "final"][6:]
+    assert order == [("local_mobilefacenet", 0), ("condconv_mobilefacenet", 0),
+                     ("drconv_mobilefacenet@regionwd100", 0), ("drconv_mobilefacenet@basis", 0),
+                     ("drconv_mobilefacenet@regionwd100", 1), ("drconv_mobilefacenet@regionwd100", 2)]
+    assert st.change_name("drconv_mobilefacenet@paper") == "drconv_mobilefacenet@paper+regionwd100"
+    for v, lr in (("local_mobilefacenet", 0.05), ("condconv_mobilefacenet", 0.05),
+                  ("drconv_mobilefacenet@basis", 0.025)):
+        _write(behind, "final", v, lr, 0, 0.7)
+    assert not st._all_planned(behind)                       # the change's runs are part of the study now
+    for seed in range(3):
+        _write(behind, "final", "drconv_mobilefacenet@regionwd100", 0.025, seed, 0.80, rank1=0.81)
+    assert st._all_planned(behind)
+    text = rep.report(behind)
+    assert "the one change: `drconv_mobilefacenet@regionwd100`" in text
+    # rank-1 0.81 against DRConv's 0.780/0.781/0.782 and the plain 0.80, per seed
+    assert "+3.00, +2.90, +2.80 | +2.90 ± 0.10" in text and "+1.00, +1.00, +1.00 | +1.00 ± 0.00" in text
+    assert "| drconv_mobilefacenet@regionwd100 | 0.025 | 3 |" in rep.final_table(final | st.load_stage(behind, "final"))
