@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_faces_study as st  # noqa: E402
 
 __all__ = ["planned_final", "sweep_table", "aids_table", "final_table", "paired_table", "usage_table", "report",
+           "filter_parts", "filter_parts_table",
            "plot_curves", "export_pretrained"]
 
 _METRICS = (("accuracy", "10-fold acc. %"), ("tar_far1e-3", "TAR@FAR=1e-3 %"), ("rank1", "rank-1 %"))
@@ -134,6 +135,47 @@ def usage_table(final: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def filter_parts(state: dict) -> dict[str, float]:
+    """How far a paper-generator DRConv's regions are from a plain conv, from a checkpoint's ``model`` state dict:
+    over its layers, the mean (and max) ratio of one region's delta ``expand.bias_j`` and dynamic part
+    ``expand.weight_j`` (Frobenius norms, (O, C) each) to the shared filter's (O, C) norm. {} without such layers."""
+    import torch
+
+    deltas, dynamics = [], []
+    for key, shared in state.items():
+        if not key.endswith("filter_generator.shared"):
+            continue
+        prefix = key[: -len("shared")]
+        m = state[prefix + "expand.bias"].numel() // shared.numel()
+        norm = float(shared.float().norm())
+        for name, out in (("expand.bias", deltas), ("expand.weight", dynamics)):
+            per_region = state[prefix + name].float().reshape(m, -1)
+            out.append(float(torch.linalg.vector_norm(per_region, dim=1).mean()) / norm)
+    if not deltas:
+        return {}
+    return {"layers": len(deltas), "delta_mean": statistics.mean(deltas), "delta_max": max(deltas),
+            "dynamic_mean": statistics.mean(dynamics), "dynamic_max": max(dynamics)}
+
+
+def filter_parts_table(out: Path) -> str:
+    """``filter_parts`` of the newest checkpoint of every final DRConv (paper generator) run found under ``out``
+    (checkpoints are not committed: this reads the machine's runs)."""
+    import torch
+
+    lines = ["| run | step | layers | region delta / shared (mean, max) | dynamic part / shared (mean, max) |",
+             "|---|---|---|---|---|"]
+    for run in sorted((out / "final").glob("drconv_mobilefacenet*")):
+        ckpts = sorted(run.glob("ckpt_*.pt"))
+        if not ckpts:
+            continue
+        parts = filter_parts(torch.load(ckpts[-1], map_location="cpu", weights_only=True)["model"])
+        if parts:
+            lines.append(f"| {run.name} | {int(ckpts[-1].stem.split('_')[1])} | {parts['layers']} | "
+                         f"{parts['delta_mean']:.3f}, {parts['delta_max']:.3f} | "
+                         f"{parts['dynamic_mean']:.3f}, {parts['dynamic_max']:.3f} |")
+    return "\n".join(lines)
+
+
 def planned_final(out: Path) -> dict[str, dict]:
     """The finished final runs at the chosen lrs and setting (``real_faces_study.planned_final``)."""
     names = st.planned_final(out)
@@ -206,10 +248,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=st.ROOT / "runs" / "real_faces_study")
     ap.add_argument("--plot", type=Path, default=None, help="write the final runs' curves (PNG)")
+    ap.add_argument("--filter-parts", action="store_true",
+                    help="also print the per-region filter parts' size against the shared filter, from the newest "
+                         "checkpoint of each final DRConv run under --out")
     ap.add_argument("--export-pretrained", type=Path, default=None, metavar="DIR",
                     help="write the best final run of each variant to DIR/<variant>.pt (data/pretrained)")
     args = ap.parse_args(argv)
     print(report(args.out))
+    if args.filter_parts:
+        print("\n### per-region filter parts (checkpoints)\n\n" + filter_parts_table(args.out))
     if args.plot:
         plot_curves(planned_final(args.out), args.plot)
     if args.export_pretrained:

@@ -252,3 +252,29 @@ def test_the_change_runs_only_when_drconv_trails(st, tmp_path):
     # rank-1 0.81 against DRConv's 0.780/0.781/0.782 and the plain 0.80, per seed
     assert "+3.00, +2.90, +2.80 | +2.90 ± 0.10" in text and "+1.00, +1.00, +1.00 | +1.00 ± 0.00" in text
     assert "| drconv_mobilefacenet@regionwd100 | 0.025 | 3 |" in rep.final_table(final | st.load_stage(behind, "final"))
+
+
+def test_filter_parts_measure_each_region_against_the_shared_filter(st, tmp_path):
+    import real_faces_report as rep
+    import torch
+
+    from facerec.models import create_model
+    model = create_model("drconv_mobilefacenet", regions=4)
+    gens = [m for m in model.modules() if type(m).__name__ == "PaperFilterGenerator"]
+    with torch.no_grad():
+        for g in gens:                      # region j's delta = (j + 1) x shared, V = 0: mean ratio 2.5, max 2.5
+            o, c = g.shared.shape[:2]
+            g.expand.bias.copy_(torch.cat([(j + 1) * g.shared.reshape(-1) for j in range(4)]))
+            g.expand.weight.zero_()
+        gens[0].expand.weight.fill_(1.0)
+    parts = rep.filter_parts(model.state_dict())
+    assert parts["layers"] == len(gens)
+    assert parts["delta_mean"] == pytest.approx(2.5) and parts["delta_max"] == pytest.approx(2.5)
+    v = (gens[0].expand.weight.numel() // 4) ** 0.5 / float(gens[0].shared.detach().norm())
+    assert parts["dynamic_max"] == pytest.approx(v, rel=1e-5) and parts["dynamic_mean"] == pytest.approx(
+        v / len(gens), rel=1e-5)
+    assert rep.filter_parts(create_model("mobilefacenet").state_dict()) == {}
+    run = tmp_path / "final" / "drconv_mobilefacenet_lr0.0125_s0"
+    run.mkdir(parents=True)
+    torch.save({"model": model.state_dict()}, run / "ckpt_00000040.pt")
+    assert "| drconv_mobilefacenet_lr0.0125_s0 | 40 | " in rep.filter_parts_table(tmp_path)
