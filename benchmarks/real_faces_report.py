@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_faces_study as st  # noqa: E402
 
 __all__ = ["planned_final", "sweep_table", "aids_table", "final_table", "paired_table", "usage_table", "report",
-           "filter_parts", "filter_parts_table",
+           "filter_parts", "filter_parts_table", "curve_table",
            "plot_curves", "export_pretrained"]
 
 _METRICS = (("accuracy", "10-fold acc. %"), ("tar_far1e-3", "TAR@FAR=1e-3 %"), ("rank1", "rank-1 %"))
@@ -95,6 +95,30 @@ def final_table(final: dict[str, dict]) -> str:
     header = ["| variant | lr | seeds | " + " | ".join(h for _, h in _METRICS) + " | final loss | selection score |",
               "|---|---|---|---|---|---|---|---|"]
     return "\n".join(header + _rows(_grouped(final), _final_order))
+
+
+def curve_table(final: dict[str, dict]) -> str:
+    """val/ scores along the runs: one column per (variant, lr), each cell the mean over its seeds of 10-fold
+    accuracy / TAR@FAR=1e-3 / rank-1 % at that step (steps every seed of the column has); last row the mean final
+    training loss."""
+    groups = sorted(_grouped(final).items(), key=lambda kv: (_final_order(kv[0][0]), kv[0][1]))
+    if not groups:
+        return "(no final run finished)"
+    curves = [[{row[0]: row[1:] for row in r["eval_curve"]} for r in runs] for _, runs in groups]
+    steps = sorted(set.union(*(set(c) for cs in curves for c in cs)))
+    head = " | ".join(f"{v} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" for (v, _), runs in groups)
+    lines = [f"| step | {head} |", "|---|" + "---|" * len(groups)]
+    for step in steps:
+        cells = []
+        for cs in curves:
+            if all(step in c for c in cs):
+                cells.append(" / ".join(_pct(statistics.mean(c[step][i] for c in cs)) for i in range(3)))
+            else:
+                cells.append("")
+        lines.append(f"| {step} | {' | '.join(cells)} |")
+    losses = [f"{statistics.mean(r['final_loss'] for r in runs):.2f}" for _, runs in groups]
+    lines.append(f"| loss | {' | '.join(losses)} |")
+    return "\n".join(lines)
 
 
 def _drconv_setting(final: dict[str, dict]) -> str | None:
@@ -190,6 +214,7 @@ def report(out: Path) -> str:
     parts = ["## lr sweep (held-out train/ identities)", sweep_table(sweep),
              "## training aids at DRConv's lr", aids_table(sweep, aids),
              "## final runs (val/)", final_table(planned), "### paired difference", paired_table(planned),
+             "### val/ along the runs (mean over seeds)", curve_table(planned),
              "### region usage", usage_table(planned)]
     setting = _drconv_setting(planned)
     if setting and any(r["variant"] == st.change_name(setting) for r in planned.values()):

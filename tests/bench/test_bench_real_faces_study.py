@@ -150,6 +150,9 @@ def test_report_reads_result_files(st, tmp_path):
     assert "| mobilefacenet | 0.05 | 2 | 80.5 ± 0.7 (80.0, 81.0)" in table
     assert "| accuracy" not in table and "+2.00, +2.00 | +2.00 ± 0.00" in rep.paired_table(final)
     assert "7.50 of 2" in rep.usage_table(final)
+    curves = rep.curve_table(final)     # eval_curve [[20, acc, 0, 0]]: mean over the 2 seeds at step 20
+    assert "| 20 | 80.5 / 0.0 / 0.0 | 82.5 / 0.0 / 0.0 |" in curves and "| loss | 5.00 | 5.00 |" in curves
+    assert "mobilefacenet (2 seeds) | drconv_mobilefacenet (2 seeds)" in curves
     rep.plot_curves(final, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
