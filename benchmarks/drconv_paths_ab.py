@@ -5,7 +5,8 @@ the shared VM) does not enter the comparison.
 Arms (``facerec.nn.settings.override(fused=..., onednn=...)`` between rounds):
 * ``all``: the defaults (fused inference kernel, oneDNN GEMMs);
 * ``no_fused``: inference through the structured / gathered paths (oneDNN GEMMs);
-* ``neither``: also without oneDNN (torch.mm / _grouped_mm, the code before issue 11's third session).
+* ``neither``: also without oneDNN (torch.mm / _grouped_mm, the code before issue 11's third session);
+* ``fused_no_onednn``: the fused kernels with the unfused parts' GEMMs through torch.mm / _grouped_mm.
 Training is forward + backward of the backbone (sum of squares as the loss; no head, no optimizer), so the
 ratio is the backbone's.
 
@@ -26,7 +27,7 @@ from facerec.models import create_model  # noqa: E402
 from facerec.nn import settings  # noqa: E402
 from facerec.nn.kernels import fused_cpu  # noqa: E402
 
-ARMS = {"all": (True, True), "no_fused": (False, True), "neither": (False, False)}
+ARMS = {"all": (True, True), "no_fused": (False, True), "neither": (False, False), "fused_no_onednn": (True, False)}
 
 
 def _timed(fn) -> float:
@@ -72,7 +73,7 @@ def main() -> None:
     best = {key: min(values) for key, values in times.items()}
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, {args.input_size}, generator "
           f"{args.generator}, best of {args.repeats} (interleaved, one process); fused kernel built: "
-          f"{fused_cpu.built()}\n")
+          f"{fused_cpu.built()} ({fused_cpu.instruction_set()})\n")
     print("| drconv_mobilefacenet arm | inference ms | inference ratio | fwd+bwd ms | fwd+bwd ratio |")
     print("|---|---:|---:|---:|---:|")
     plain_inf, plain_train = best["plain - inference"], best["plain - train"]

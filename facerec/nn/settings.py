@@ -5,13 +5,16 @@ results agree to float32 rounding whatever they are set to.
 
 * ``fused``: the fused CPU C++ kernels (``facerec.nn.kernels.fused_cpu``), inference and training.
 * ``fused_train``: the fused kernels with gradients (off: training takes the unfused paths, inference keeps fused).
-* ``onednn``: GEMMs of the unfused CPU paths through oneDNN (``facerec.nn._onednn``) rather than torch.mm.
+* ``onednn``: GEMMs of the unfused CPU paths through oneDNN (``facerec.nn._onednn``) rather than torch.mm. On by
+  default where torch reports AVX-512 (there MKL, behind torch.mm, ran at a lower rate than oneDNN on AMD CPUs), off
+  elsewhere (on an AVX2-only CPU the unfused paths ran 15-35% faster through torch.mm; docs/drconv-speed.md).
 * ``triton``: the Triton kernels on CUDA (``facerec.nn.kernels.triton_region``).
 * ``group_plan``: how the gather path groups its per-(sample, region) GEMMs: "auto" (by shape, see
   ``facerec.nn.paths.group_plan``) or one of "grouped", "padded", "onednn" (``facerec.nn._grouped``).
 
 The environment variables ``FACEREC_FUSED``, ``FACEREC_FUSED_TRAIN``, ``FACEREC_ONEDNN`` and ``FACEREC_TRITON``
-("0" turns a switch off) are read once, here, as the defaults. Afterwards only this module changes them:
+("0" turns a switch off, anything else on) are read once, here, as the defaults; unset, a switch is on (``onednn``:
+on with AVX-512). Afterwards only this module changes them:
 
     from facerec.nn import settings
     settings.set_fused(False)                           # process-wide
@@ -27,6 +30,8 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
+
 __all__ = ["GROUP_PLANS", "NAMES", "get", "group_plan", "override", "set_fused", "set_fused_train",
            "set_group_plan", "set_onednn", "set_triton", "update", "use_fused", "use_fused_train", "use_onednn",
            "use_triton"]
@@ -34,7 +39,14 @@ __all__ = ["GROUP_PLANS", "NAMES", "get", "group_plan", "override", "set_fused",
 GROUP_PLANS = ("auto", "grouped", "padded", "onednn")
 _ENV = {"fused": "FACEREC_FUSED", "fused_train": "FACEREC_FUSED_TRAIN", "onednn": "FACEREC_ONEDNN",
         "triton": "FACEREC_TRITON"}
-_state: dict = {name: os.environ.get(var, "1") != "0" for name, var in _ENV.items()}
+
+
+def _default(name: str) -> bool:
+    """A switch's value when its environment variable is unset."""
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" if name == "onednn" else True
+
+
+_state: dict = {name: (os.environ[var] != "0") if var in os.environ else _default(name) for name, var in _ENV.items()}
 _state["group_plan"] = "auto"
 NAMES = tuple(_state)
 

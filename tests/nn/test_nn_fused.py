@@ -1,6 +1,12 @@
 """The fused CPU kernels (facerec/nn/kernels/fused_cpu.py, csrc/fused_region.cpp) against float64 references, and
 their use by DRConv2d: inference and training paths, equal to the unfused paths, kernel cache invalidated by
-updates."""
+updates. The build is the CPU's (AVX-512 or AVX2); a slow test runs this file again with the AVX2 build on an
+AVX-512 CPU."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,8 +15,8 @@ from facerec.nn import DRConv2d, ops, paths, settings
 from facerec.nn.functional import guided_mask
 
 pytestmark = pytest.mark.skipif(not fused.built(), reason="the fused DRConv kernel is not built here (needs an "
-                                                          "AVX-512 CPU, g++ and ninja; see the warning logged by "
-                                                          "facerec.nn.kernels.fused_cpu)")
+                                                          "AVX-512 or AVX2 CPU, g++ and ninja; see the warning "
+                                                          "logged by facerec.nn.kernels.fused_cpu)")
 
 
 def fused_paper(input, guide, coef, static, dynamic, stride=(1, 1)):
@@ -255,3 +261,20 @@ def test_drconv_basis_training_uses_fused_path_from_64m_pixels(backward_calls):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     layer(torch.randn(2, 8, 11, 11)).sum().backward()              # 121 < 128: the dense / gathered paths
     assert len(calls) == 1
+
+
+def test_instruction_set_follows_torch_capability():
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert fused.instruction_set() == (capability if capability in ("AVX512", "AVX2") else None)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(fused.instruction_set() != "AVX512", reason="the AVX2 build is this CPU's own build (the fast "
+                                                                 "tests run it) or cannot run here")
+def test_avx2_build_passes_this_file_on_an_avx512_cpu(tmp_path):
+    """ATEN_CPU_CAPABILITY=avx2 makes torch (and so the kernel loader) take the AVX2 build: every test above again."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", str(Path(__file__)),
+                           "-k", "not test_avx2_build"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-500:]

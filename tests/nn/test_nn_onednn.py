@@ -13,8 +13,13 @@ from facerec.nn.paths import group_plan
 from facerec.nn.structured import paper_region_conv2d
 from nn_reference import reference_region_conv
 
-pytestmark = pytest.mark.skipif(not onednn.available(torch.zeros(1)),
-                                reason="oneDNN (torch.backends.mkldnn) is not usable in this torch build")
+
+def _usable() -> bool:
+    with settings.override(onednn=True):           # the setting's default is off on CPUs without AVX-512
+        return onednn.available(torch.zeros(1))
+
+
+pytestmark = pytest.mark.skipif(not _usable(), reason="oneDNN (torch.backends.mkldnn) is not usable in this build")
 
 
 @pytest.fixture
@@ -34,7 +39,8 @@ def counted(monkeypatch):
     monkeypatch.setattr(onednn, "_call", rows)
     monkeypatch.setattr(onednn, "_interleaved_call", interleaved)
     monkeypatch.setattr(paths, "ONEDNN_MIN_MACS", 0)
-    return calls
+    with settings.override(onednn=True):            # the default is off on CPUs without AVX-512
+        yield calls
 
 
 def _close(got, want, tol=1e-4):

@@ -328,3 +328,15 @@ def test_settings_defaults_come_from_the_environment_once():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+@pytest.mark.parametrize("capability", ["avx2", "avx512"])
+def test_onednn_default_is_on_with_avx512_only(capability):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEREC_")}
+    env["ATEN_CPU_CAPABILITY"] = capability        # torch reports what this asks for
+    code = "import torch; from facerec.nn import settings; print(torch.backends.cpu.get_cpu_capability(), " \
+           "settings.use_onednn(), settings.use_fused())"
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=root).stdout.split()
+    assert got[1:] == [str(got[0] == "AVX512"), "True"]

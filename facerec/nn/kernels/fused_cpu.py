@@ -1,8 +1,8 @@
-"""The fused CPU kernels of the 1x1 region convolution (float32, AVX-512): builds and loads ``csrc/fused_region.cpp``.
+"""Fused CPU kernels of the 1x1 region convolution (float32; AVX-512 or AVX2): build, load csrc/fused_region.cpp.
 
 Forward (``region_forward``): ``y_p = W_{b, M_p} x_p`` with ``W_bj = sum_k coef[b, j, k] kernels[j, k]`` for every
 pixel in one pass per sample: the filter of each (sample, region) is built in a per-thread buffer that stays in
-cache, the region's pixels are gathered into a small tile and one register-blocked AVX-512 GEMM writes their output
+cache, the region's pixels are gathered into a small tile and one register-blocked SIMD GEMM writes their output
 rows. Nothing of size B*m*O*C, no sort and no batch-wide gathers: the input is read once and the output written
 once, 1 conv unit of multiply-adds plus the filter builds (O*C*T per (sample, region)).
 
@@ -16,7 +16,9 @@ Why a hand-written kernel: the fast GEMM on this CPU is oneDNN's, and libtorch e
 ``at::native::cpublas::brgemm`` (exported) runs float32 at MKL's speed here (125 GMAC/s against oneDNN's
 220-240 on 2 threads), and MKL per (sample, region) is the gather path's problem. The kernel is compiled on
 first use with ``torch.utils.cpp_extension`` (g++, ninja; about 30 s, cached under ~/.cache/torch_extensions
-or ``TORCH_EXTENSIONS_DIR``) and only where torch reports AVX-512 (``torch.backends.cpu.get_cpu_capability()``);
+or ``TORCH_EXTENSIONS_DIR``) for the instruction set torch reports (``torch.backends.cpu.get_cpu_capability()``):
+AVX-512 (micro-steps of 6 rows x 64 outputs) or AVX2 with FMA (6 x 16), one cached build per instruction set;
+none on other CPUs;
 a failed build logs one warning and ``built()`` stays False. These are the CPU kernels of the operator
 ``facerec::region_conv`` (``facerec.nn.ops``); whether they run is ``facerec.nn.paths.select_path``'s choice.
 """
@@ -31,10 +33,12 @@ import torch
 from torch import Tensor
 from torch.utils.weak import WeakTensorKeyDictionary
 
-__all__ = ["built", "pack_kernels", "region_conv_backward", "region_conv_forward", "region_forward"]
+__all__ = ["built", "instruction_set", "pack_kernels", "region_conv_backward", "region_conv_forward", "region_forward"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "fused_region.cpp"
-_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-mavx2"]
+# Compiler flags per CPU capability that torch reports (``ATEN_CPU_CAPABILITY=avx2`` selects AVX2 on an AVX-512 CPU).
+_FLAGS = {"AVX512": ["-O3", "-fopenmp", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-mavx2"],
+          "AVX2": ["-O3", "-fopenmp", "-mavx2", "-mfma"]}
 _module = None
 _failed = False
 # Packed kernels per kernels tensor (weak keys: an entry lives as long as its tensor), checked against the tensor's
@@ -48,9 +52,10 @@ def _load():
     if _module is not None or _failed:
         return _module
     try:
-        if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        isa = instruction_set()
+        if isa is None:
             raise RuntimeError(f"torch reports CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-                               "the fused kernel needs AVX512")
+                               "the fused kernel needs AVX512 or AVX2")
         if shutil.which("ninja") is None:
             try:   # the pip package (a dependency) puts its binary beside the interpreter, maybe not on PATH
                 import ninja
@@ -58,13 +63,20 @@ def _load():
             except ImportError:
                 pass
         from torch.utils.cpp_extension import load
-        _module = load(name="facerec_fused_region_v1", sources=[str(_SOURCE)], extra_cflags=_FLAGS,
+        _module = load(name=f"facerec_fused_region_{isa.lower()}_v2", sources=[str(_SOURCE)],
+                       extra_cflags=_FLAGS[isa],
                        extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as exc:  # noqa: BLE001 -- any build or load failure means: use the other paths
         _failed = True
         log.warning("fused DRConv kernel unavailable (%s: %s); using the unfused paths",
                     type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
     return _module
+
+
+def instruction_set() -> str | None:
+    """The build the kernels get here: "AVX512", "AVX2" or None (no build), from torch's CPU capability."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability if capability in _FLAGS else None
 
 
 def built() -> bool:

@@ -1,13 +1,14 @@
-// Fused 1x1 DRConv on CPU (float32, AVX-512), forward and backward: facerec/nn/kernels/fused_cpu.py builds
-// and loads it.
+// Fused 1x1 DRConv on CPU (float32; AVX-512, or AVX2 with FMA), forward and backward:
+// facerec/nn/kernels/fused_cpu.py builds and loads it, with the flags of one instruction set.
 //
 // For every sample b and region j the region filter W_bj = sum_k coef[b, j, k] K[j, k] (K given transposed,
 // (C, O) per kernel) is built in a per-thread buffer that stays in cache, the pixels of (b, j) are gathered from
 // the input (any strides: NCHW, channels_last, a stride-2 view) into a small row tile, and one register-blocked
-// GEMM (6 rows x 64 outputs per micro-step, 24 zmm accumulators) writes their output rows in pixel order. No
-// B*m*O*C tensor, no sort, no gathers over the whole batch: the input is read once and the output written once.
-// Samples run in parallel (at::parallel_for). Exactness: every pixel gets exactly its own region's filter (the
-// same sum as a materialised filter, in float32 with FMA).
+// GEMM writes their output rows in pixel order (per micro-step 6 rows x 64 outputs in 24 zmm accumulators with
+// AVX-512, 6 rows x 16 outputs in 12 ymm accumulators with AVX2). No B*m*O*C tensor, no sort, no gathers over the
+// whole batch: the input is read once and the output written once. Samples run in parallel (at::parallel_for).
+// Exactness: every pixel gets exactly its own region's filter (the same sum as a materialised filter, in float32
+// with FMA).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -22,8 +23,41 @@
 
 namespace {
 
+// V16: 16 floats, one zmm register (AVX-512) or two ymm registers (AVX2). Every vector loop below steps over
+// 16 floats, so the two builds share all code but this and the micro-step's shape (MR x 16 NV outputs).
+#if defined(__AVX512F__)
+struct V16 { __m512 v; };
+inline V16 vload(const float* p) { return {_mm512_loadu_ps(p)}; }
+inline void vstore(float* p, V16 a) { _mm512_storeu_ps(p, a.v); }
+inline V16 vzero() { return {_mm512_setzero_ps()}; }
+inline V16 vset1(float s) { return {_mm512_set1_ps(s)}; }
+inline V16 vmul(V16 a, V16 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+inline V16 vfmadd(V16 a, V16 b, V16 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline float vsum(V16 a) { return _mm512_reduce_add_ps(a.v); }
 constexpr int MR = 6;     // rows per micro-step
-constexpr int NV = 4;     // zmm vectors of outputs per micro-step (64 floats)
+constexpr int NV = 4;     // V16 vectors of outputs per micro-step (64 floats: 24 zmm accumulators)
+#elif defined(__AVX2__) && defined(__FMA__)
+struct V16 { __m256 lo, hi; };
+inline V16 vload(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline void vstore(float* p, V16 a) { _mm256_storeu_ps(p, a.lo); _mm256_storeu_ps(p + 8, a.hi); }
+inline V16 vzero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline V16 vset1(float s) { const __m256 v = _mm256_set1_ps(s); return {v, v}; }
+inline V16 vmul(V16 a, V16 b) { return {_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)}; }
+inline V16 vfmadd(V16 a, V16 b, V16 c) {
+  return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
+}
+inline float vsum(V16 a) {
+  const __m256 s = _mm256_add_ps(a.lo, a.hi);
+  __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  q = _mm_add_ss(q, _mm_movehdup_ps(q));
+  return _mm_cvtss_f32(q);
+}
+constexpr int MR = 6;     // rows per micro-step
+constexpr int NV = 1;     // V16 vectors of outputs per micro-step (16 floats: 12 ymm accumulators of 16 ymm)
+#else
+#error "fused_region.cpp needs AVX-512 (-mavx512f) or AVX2 with FMA (-mavx2 -mfma)"
+#endif
 
 // C rows (given as pointers) [0, R) x columns [n0, n0 + 16 * V) = A (R x K, lda) @ B (K x 16V, row k at
 // b0 + k * ldb). With TWO, B = s0 * B0 + s1 * B1 is formed in registers from two packed kernel panels (for a
@@ -32,40 +66,39 @@ constexpr int NV = 4;     // zmm vectors of outputs per micro-step (64 floats)
 template <int R, int V, bool TWO>
 inline void micro(const float* a, int64_t lda, const float* b0, const float* b1, float s0, float s1, int64_t ldb,
                   float* const* c, int64_t n0, int64_t k_size, bool accumulate) {
-  __m512 acc[R][V];
+  V16 acc[R][V];
   if (accumulate) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_loadu_ps(c[r] + n0 + 16 * v);
+      for (int v = 0; v < V; ++v) acc[r][v] = vload(c[r] + n0 + 16 * v);
   } else {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+      for (int v = 0; v < V; ++v) acc[r][v] = vzero();
   }
-  const __m512 v0 = _mm512_set1_ps(s0), v1 = _mm512_set1_ps(s1);
+  const V16 v0 = vset1(s0), v1 = vset1(s1);
   for (int64_t k = 0; k < k_size; ++k) {
-    __m512 bv[V];
+    V16 bv[V];
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
       if constexpr (TWO)
-        bv[v] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(b1 + k * ldb + 16 * v),
-                                _mm512_mul_ps(v0, _mm512_loadu_ps(b0 + k * ldb + 16 * v)));
+        bv[v] = vfmadd(v1, vload(b1 + k * ldb + 16 * v), vmul(v0, vload(b0 + k * ldb + 16 * v)));
       else
-        bv[v] = _mm512_loadu_ps(b0 + k * ldb + 16 * v);
+        bv[v] = vload(b0 + k * ldb + 16 * v);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const __m512 av = _mm512_set1_ps(a[r * lda + k]);
+      const V16 av = vset1(a[r * lda + k]);
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+      for (int v = 0; v < V; ++v) acc[r][v] = vfmadd(av, bv[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(c[r] + n0 + 16 * v, acc[r][v]);
+    for (int v = 0; v < V; ++v) vstore(c[r] + n0 + 16 * v, acc[r][v]);
 }
 
 template <int V, bool TWO>
@@ -92,9 +125,10 @@ void micro_any(int rows, int64_t nv, const float* a, int64_t lda, const float* b
   }
 }
 
-// W is packed in column panels of PANEL outputs: panel p (outputs [64p, 64p + pw), pw = min(64, O - 64p)) is a
-// (K x pw) row-major block at W + 64p * K. A panel (32 KB at K = 128) stays in L1 across the row blocks; rows
-// of an unpacked (K x O) matrix 2 KB apart would map to a handful of L1 sets and evict each other.
+// W is packed in column panels of PANEL = 16 NV outputs (64 with AVX-512, 16 with AVX2; the layout belongs to the
+// build that packed it): panel p (outputs [P p, P p + pw), pw = min(P, O - P p)) is a (K x pw) row-major block at
+// W + P p * K. A panel (32 KB at K = 128 with AVX-512) stays in L1 across the row blocks; rows of an unpacked
+// (K x O) matrix 2 KB apart would map to a handful of L1 sets and evict each other.
 constexpr int64_t PANEL = 16 * NV;
 
 inline int64_t packed_index(int64_t k, int64_t o, int64_t k_size, int64_t out_cols) {
@@ -102,8 +136,8 @@ inline int64_t packed_index(int64_t k, int64_t o, int64_t k_size, int64_t out_co
   return p0 * k_size + k * std::min<int64_t>(PANEL, out_cols - p0) + (o - p0);
 }
 
-// K is cut into blocks of KC rows so that a block of a panel (KC x 64 floats, 32 KB) stays in L1 across the row
-// blocks; a whole panel of K = 512 (128 KB) would be read from L2 once per 6 rows.
+// K is cut into blocks of KC rows so that a block of a panel (KC x 64 floats, 32 KB, with AVX-512) stays in L1
+// across the row blocks; a whole panel of K = 512 (128 KB) would be read from L2 once per 6 rows.
 constexpr int64_t KC = 128;
 
 // The filter W = w0 (packed, K x O), or s0 * w0 + s1 * w1 when w1 is not null (formed in registers).
@@ -167,10 +201,10 @@ void gemm_rows_ep(int64_t rows, const float* a, int64_t k_size, const float* w, 
     const int64_t nv = std::min<int64_t>(NV, (vec_cols - n0) / 16);
     gemm_panel(rows, a, k_size, f, out_cols, n0, nv, trow.data(), 0);
     for (int64_t i = 0; i < rows; ++i) {
-      __m512 dot = _mm512_setzero_ps();
+      V16 dot = vzero();
       for (int64_t v = 0; v < nv; ++v)
-        dot = _mm512_fmadd_ps(_mm512_loadu_ps(trow[i] + 16 * v), _mm512_loadu_ps(x[i] + n0 + 16 * v), dot);
-      g[i] += _mm512_reduce_add_ps(dot);
+        dot = vfmadd(vload(trow[i] + 16 * v), vload(x[i] + n0 + 16 * v), dot);
+      g[i] += vsum(dot);
       if (dx[i] != nullptr) std::memcpy(dx[i] + n0, trow[i], 16 * nv * sizeof(float));
     }
   }
