@@ -8,6 +8,9 @@ within every repetition (interleaved, so machine load hits them alike); each fig
 ``--repeats`` repetitions of the mean of ``--runs`` calls, after warm-up. The table gives the ratio of medians,
 DRConv / plain, measured in the same run. ``--extra FILE`` times further ONNX files of the same input against the
 same plain baseline (e.g. an older export). ``--profile`` adds onnxruntime's per-operator profile of every file.
+``--weights-read`` adds each file's weight bytes (initializers) and the time one thread takes to read the largest
+once (numpy sum over a float32 array of that size, after evicting the caches; median of 15): the memory floor of
+any batch-1 inference of that file.
 
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 .venv/bin/python benchmarks/onnx_speed.py
 
@@ -87,6 +90,26 @@ def profile(path: Path, threads: int, batch: int, size, runs: int = 3, top: int 
     return f"{path.name}, {threads} thread(s), batch {batch}, kernel time per call: " + "; ".join(lines)
 
 
+def weights_read(files: dict) -> str:
+    """Initializer megabytes per ONNX file, and the median time one thread takes to read the largest once."""
+    import onnx
+    from onnx import numpy_helper
+
+    sizes = {name: sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+             for name, path in files.items()}
+    data = np.random.default_rng(0).random(max(sizes.values()) // 4, dtype=np.float32)
+    evict = np.random.default_rng(1).random(64 * 2 ** 20, dtype=np.float32)       # 256 MB
+    reads = []
+    for _ in range(15):
+        evict.sum()
+        start = time.perf_counter()
+        data.sum()
+        reads.append(time.perf_counter() - start)
+    per_file = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sizes.items())
+    return (f"weights: {per_file}; one read of {max(sizes.values()) / 1e6:.1f} MB at 1 thread: "
+            f"{statistics.median(reads) * 1e3:.2f} ms (numpy, median of 15)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--drconv", default=str(ROOT / "data/pretrained/drconv_mobilefacenet.pt"),
@@ -101,6 +124,8 @@ def main() -> int:
     parser.add_argument("--out-dir", default=None, help="where the exports go (default: a temporary folder)")
     parser.add_argument("--profile", action="store_true",
                         help="also print onnxruntime's per-operator profile of each file at 1 thread, every batch")
+    parser.add_argument("--weights-read", action="store_true",
+                        help="also print each file's weight bytes and the time to read the largest once (1 thread)")
     args = parser.parse_args()
     try:
         import onnxruntime
@@ -136,6 +161,9 @@ def main() -> int:
                 t = time_models(files, threads, batch, size, args.repeats, runs, args.warmup)
                 cells = " | ".join(f"{t[n] * 1e3:.1f} | {t[n] / t['plain']:.2f}x" for n in others)
                 print(f"| {threads} | {batch} | {t['plain'] * 1e3:.1f} | {cells} |", flush=True)
+        if args.weights_read:
+            print()
+            print(weights_read(files))
         if args.profile:
             for batch in args.batches:
                 for name, path in files.items():
