@@ -90,24 +90,25 @@ def profile(path: Path, threads: int, batch: int, size, runs: int = 3, top: int 
     return f"{path.name}, {threads} thread(s), batch {batch}, kernel time per call: " + "; ".join(lines)
 
 
-def weights_read(files: dict) -> str:
-    """Initializer megabytes per ONNX file, and the median time one thread takes to read the largest once."""
+def weights_read(files: dict, evict_mb: int = 256, repeats: int = 15) -> str:
+    """Initializer megabytes per ONNX file, and the median time one thread takes to read the largest once (a sum
+    over ``evict_mb`` MB before each read pushes it out of the caches)."""
     import onnx
     from onnx import numpy_helper
 
     sizes = {name: sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
              for name, path in files.items()}
     data = np.random.default_rng(0).random(max(sizes.values()) // 4, dtype=np.float32)
-    evict = np.random.default_rng(1).random(64 * 2 ** 20, dtype=np.float32)       # 256 MB
+    evict = np.ones(evict_mb * 2 ** 18, dtype=np.float32)
     reads = []
-    for _ in range(15):
+    for _ in range(repeats):
         evict.sum()
         start = time.perf_counter()
         data.sum()
         reads.append(time.perf_counter() - start)
     per_file = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in sizes.items())
     return (f"weights: {per_file}; one read of {max(sizes.values()) / 1e6:.1f} MB at 1 thread: "
-            f"{statistics.median(reads) * 1e3:.2f} ms (numpy, median of 15)")
+            f"{statistics.median(reads) * 1e3:.2f} ms (numpy, median of {repeats})")
 
 
 def main() -> int:

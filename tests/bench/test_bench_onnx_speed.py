@@ -30,3 +30,18 @@ def test_time_and_profile_a_small_export(speed, tmp_path):
     text = speed.profile(path, 1, 2, (112, 96), runs=2, top=3)
     assert text.startswith("m.onnx, 1 thread(s), batch 2") and "Conv: " in text and " nodes)" in text
     assert "PRelu" not in text and text.count(" ms (") == 3
+
+
+def test_weights_read_counts_the_initializers(speed, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = export_onnx(create_model("mobilefacenet", input_size=(112, 96)), tmp_path / "s.onnx")
+        large = export_onnx(create_model("drconv_mobilefacenet", input_size=(112, 96)), tmp_path / "l.onnx")
+    want = sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(large)).graph.initializer)
+    text = speed.weights_read({"s": small, "l": large}, evict_mb=4, repeats=2)
+    assert f"l {want / 1e6:.1f} MB;" in text and f"one read of {want / 1e6:.1f} MB at 1 thread: " in text
+    assert want > sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(small)).graph.initializer)
+    assert text.endswith("ms (numpy, median of 2)")
