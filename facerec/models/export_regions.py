@@ -20,7 +20,7 @@ so the exported graph does a conv's work per term and never forms the m region o
 :class:`ExportRegionBottleneck` exports a whole MobileFaceNet bottleneck whose two 1x1 DRConvs share the block's
 guide: one routing per mask (the projection of a stride-1 block reuses the expansion's), the BatchNorm after
 each DRConv folded into its kernels and bias, and the block on rows from its input to its output (the guide as a
-Gemm with its norm folded, the generators' global pooling as a mean over rows, the shortcut added on rows, so
+Gemm with its norm folded, the generators' global pooling as a MatMul of the rows by 1/P, the shortcut added on rows, so
 that onnxruntime cancels the layout transposes between blocks); only the depthwise conv and its PReLUs run in
 NCHW. ``facerec.models.export`` uses it; cost and measurements: ``benchmarks/onnx_speed.py``, docs/models.md.
 """
@@ -160,6 +160,17 @@ def paper_pointwise_rows(layer: DRConv2d, rows: Tensor, routing: RegionRouting, 
     return torch.cat(outs).index_select(0, routing.inverse)
 
 
+def mean_over_pixels(rows: Tensor, pixels: int) -> Tensor:
+    """rows (B*P, C) -> (B, C, 1, 1): each sample's mean over its P pixels, as a MatMul by a constant row of 1/P.
+
+    onnxruntime 1.31's ReduceMean over the middle axis of (B, P, C) took 3-7x the MatMul's time at batch 1
+    (MobileFaceNet's shapes, 1 thread) and the same at batch 32.
+    """
+    channels = int(rows.shape[1])
+    weights = torch.full((1, pixels), 1.0 / pixels, dtype=rows.dtype, device=rows.device)
+    return torch.matmul(weights, rows.reshape(-1, pixels, channels)).reshape(-1, channels, 1, 1)
+
+
 class ExportRegionBottleneck(nn.Module):
     """Export forward of a MobileFaceNet ``Bottleneck`` whose shared guide drives a 1x1 paper DRConv expansion and
     projection (``drconv_mobilefacenet``'s blocks): same parameters and outputs (float rounding aside).
@@ -190,7 +201,7 @@ class ExportRegionBottleneck(nn.Module):
         rows = to_rows(x)  # the block works on rows; x itself is not read again (its transposes cancel)
         region = torch.argmax(guide_rows(blk.guide, rows), dim=1)  # first maximum as the guided mask
         routing = region_routing(region.reshape(-1, height * width), regions)
-        pooled = rows.reshape(-1, height * width, int(rows.shape[1])).mean(1)[:, :, None, None]  # (B, C, 1, 1)
+        pooled = mean_over_pixels(rows, height * width)  # (B, C, 1, 1)
         h = paper_pointwise_rows(blk.expand, rows, routing, blk.expand.filter_generator.coefficients(pooled),
                                  blk.expand_bn)
         h = blk.expand_act(h.reshape(-1, height, width, int(h.shape[1])).permute(0, 3, 1, 2))
@@ -200,7 +211,7 @@ class ExportRegionBottleneck(nn.Module):
         if blk.stride > 1:
             region = region.reshape(-1, height, width)[:, ::blk.stride, ::blk.stride]
             routing = region_routing(region.reshape(-1, out_h * out_w), regions)
-        pooled = h.reshape(-1, out_h * out_w, int(h.shape[1])).mean(1)[:, :, None, None]  # (B, hidden, 1, 1)
+        pooled = mean_over_pixels(h, out_h * out_w)  # (B, hidden, 1, 1)
         out = paper_pointwise_rows(blk.project, h, routing, blk.project.filter_generator.coefficients(pooled),
                                    blk.project_bn)
         if blk.use_shortcut:
