@@ -15,7 +15,7 @@ either per (sample, region) in the same kernel or per region over the batch (``f
 Why a hand-written kernel: the fast GEMM on this CPU is oneDNN's, and libtorch exports none of its symbols;
 ``at::native::cpublas::brgemm`` (exported) runs float32 at MKL's speed here (125 GMAC/s against oneDNN's
 220-240 on 2 threads), and MKL per (sample, region) is the gather path's problem. The kernel is compiled on
-first use with ``torch.utils.cpp_extension`` (g++, ninja; about 30 s, cached under ~/.cache/torch_extensions
+first use with ``torch.utils.cpp_extension`` (g++, ninja; 25-50 s, cached under ~/.cache/torch_extensions
 or ``TORCH_EXTENSIONS_DIR``) for the instruction set torch reports (``torch.backends.cpu.get_cpu_capability()``):
 AVX-512 (micro-steps of 6 rows x 64 outputs) or AVX2 with FMA (6 x 16), one cached build per instruction set;
 none on other CPUs;
