@@ -3,10 +3,11 @@ process, interleaved (best of --repeats after one warm-up), so the machine's dri
 the shared VM) does not enter the comparison.
 
 Arms (``facerec.nn.settings.override(fused=..., onednn=...)`` between rounds):
-* ``all``: the defaults (fused inference kernel, oneDNN GEMMs);
+* ``all``: both switches on (fused kernels, oneDNN GEMMs; the defaults where torch reports AVX-512);
 * ``no_fused``: inference through the structured / gathered paths (oneDNN GEMMs);
 * ``neither``: also without oneDNN (torch.mm / _grouped_mm, the code before issue 11's third session);
-* ``fused_no_onednn``: the fused kernels with the unfused parts' GEMMs through torch.mm / _grouped_mm.
+* ``fused_no_onednn``: the fused kernels with the unfused parts' GEMMs through torch.mm / _grouped_mm (the
+  defaults elsewhere).
 Training is forward + backward of the backbone (sum of squares as the loss; no head, no optimizer), so the
 ratio is the backbone's.
 

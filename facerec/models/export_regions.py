@@ -36,7 +36,7 @@ from facerec.nn import DRConv2d
 
 from .mobilefacenet import Bottleneck
 
-__all__ = ["ExportRegionBottleneck", "RegionRouting", "guide_rows", "paper_pointwise_rows",
+__all__ = ["ExportRegionBottleneck", "RegionRouting", "guide_rows", "mean_over_pixels", "paper_pointwise_rows",
            "region_pointwise_supported", "region_routing", "split_rows", "to_rows"]
 
 

@@ -41,10 +41,11 @@ BASIS_PATHS = ("dense_mix", "dense_pointwise")                             # the
 
 # --- the layer's path ---------------------------------------------------------------------------------------
 # The fused thresholds below were measured with the AVX-512 build of the fused kernels. The AVX2 build keeps the
-# order at the sizes measured (2026-12-03, AVX2-only EPYC, batch 32, m = 8, 1 thread CPU time, fwd / fwd+bwd ratio
-# to a conv; fused against the best unfused path): paper 64->128 @56x56 1.85 / 4.80 vs gathered 2.66 / 4.88,
-# 128->128 @14x14 2.30 / 5.64 vs structured 3.61 / 6.82, 128->512 @7x7 2.51 / 5.25 vs 3.33 / 7.33; basis @56x56
-# fused 1.93 / 5.09 vs gathered 2.53 / 4.94, @7x7 dense as on AVX-512 (3.75 / 3.54).
+# order at the sizes measured (docs/results/speed/avx2/layer_t1*.md, 2026-12-03, AVX2-only EPYC, batch 32, m = 8,
+# 1 thread CPU time, fwd / fwd+bwd ratio to a conv; fused against the best unfused path): paper 64->128 @56x56
+# 1.86 / 4.60 vs gathered 2.90 / 5.66, 128->128 @14x14 1.88 / 5.10 vs structured 3.69 / 7.11, 128->512 @7x7
+# 2.12 / 6.02 vs structured 3.77 / 8.20; basis @56x56 fused 1.86 / 4.48 vs gathered 2.77 / 5.71, @7x7 dense as on
+# AVX-512 (4.32 / 4.37).
 # The paper generator (not fused) takes the structured form up to this many output pixels per sample and the
 # gathered form above. Measured with benchmarks/drconv_layer.py (m=8, batch 32, 1 thread CPU time, fwd / fwd+bwd
 # ratio to a conv): 7x7 128->512 structured 2.75 / 6.13 vs gathered 9.58 / 13.08; 14x14 128->128 2.82 / 7.26 vs

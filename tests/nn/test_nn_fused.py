@@ -271,7 +271,7 @@ def test_instruction_set_follows_torch_capability():
 @pytest.mark.slow
 @pytest.mark.skipif(fused.instruction_set() != "AVX512", reason="the AVX2 build is this CPU's own build (the fast "
                                                                  "tests run it) or cannot run here")
-def test_avx2_build_passes_this_file_on_an_avx512_cpu(tmp_path):
+def test_avx2_build_passes_this_file_on_an_avx512_cpu():
     """ATEN_CPU_CAPABILITY=avx2 makes torch (and so the kernel loader) take the AVX2 build: every test above again."""
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", str(Path(__file__)),
