@@ -265,7 +265,21 @@ def test_drconv_basis_training_uses_fused_path_from_64m_pixels(backward_calls):
 
 def test_instruction_set_follows_torch_capability():
     capability = torch.backends.cpu.get_cpu_capability()
-    assert fused.instruction_set() == (capability if capability in ("AVX512", "AVX2") else None)
+    has = {"AVX512": torch.cpu._is_avx512_supported(), "AVX2": torch.cpu._is_avx2_supported()}
+    want = capability if has.get(capability) else None
+    if capability == "AVX512" and not has["AVX512"] and has["AVX2"]:
+        want = "AVX2"
+    assert fused.instruction_set() == want
+
+
+@pytest.mark.parametrize("capability, cpu, want", [
+    ("AVX512", {"AVX512", "AVX2"}, "AVX512"), ("AVX2", {"AVX512", "AVX2"}, "AVX2"),
+    ("AVX512", {"AVX2"}, "AVX2"),    # ATEN_CPU_CAPABILITY=avx512 on a CPU without it: never the AVX-512 build
+    ("AVX512", set(), None), ("AVX2", set(), None), ("DEFAULT", {"AVX512", "AVX2"}, None)])
+def test_instruction_set_is_capped_by_the_cpu(monkeypatch, capability, cpu, want):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(fused, "_cpu_has", lambda isa: isa in cpu)
+    assert fused.instruction_set() == want
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ Why a hand-written kernel: the fast GEMM on this CPU is oneDNN's, and libtorch e
 ``at::native::cpublas::brgemm`` (exported) runs float32 at MKL's speed here (125 GMAC/s against oneDNN's
 220-240 on 2 threads), and MKL per (sample, region) is the gather path's problem. The kernel is compiled on
 first use with ``torch.utils.cpp_extension`` (g++, ninja; 25-50 s, cached under ~/.cache/torch_extensions
-or ``TORCH_EXTENSIONS_DIR``) for the instruction set torch reports (``torch.backends.cpu.get_cpu_capability()``):
+or ``TORCH_EXTENSIONS_DIR``) for the instruction set torch reports (``torch.backends.cpu.get_cpu_capability()``,
+capped by the CPU's own flags: :func:`instruction_set`):
 AVX-512 (micro-steps of 6 rows x 64 outputs) or AVX2 with FMA (6 x 16), one cached build per instruction set;
 none on other CPUs;
 a failed build logs one warning and ``built()`` stays False. These are the CPU kernels of the operator
@@ -73,10 +74,24 @@ def _load():
     return _module
 
 
+def _cpu_has(isa: str) -> bool:
+    """Whether the CPU itself has the instruction set (cpuinfo, whatever ``ATEN_CPU_CAPABILITY`` says)."""
+    probe = {"AVX512": "_is_avx512_supported", "AVX2": "_is_avx2_supported"}[isa]
+    return bool(getattr(torch.cpu, probe, lambda: True)())
+
+
 def instruction_set() -> str | None:
-    """The build the kernels get here: "AVX512", "AVX2" or None (no build), from torch's CPU capability."""
+    """The build the kernels get here: "AVX512", "AVX2" or None (no build).
+
+    torch's CPU capability decides (so ``ATEN_CPU_CAPABILITY=avx2`` takes the AVX2 build on an AVX-512 CPU), capped
+    by what the CPU has: ``ATEN_CPU_CAPABILITY=avx512`` on a CPU without AVX-512 makes torch report AVX512, and an
+    AVX-512 build would die there of an illegal instruction, so the AVX2 build is taken instead.
+    """
     capability = torch.backends.cpu.get_cpu_capability()
-    return capability if capability in _FLAGS else None
+    for isa in ("AVX512", "AVX2")[("AVX512", "AVX2").index(capability):] if capability in _FLAGS else ():
+        if _cpu_has(isa):
+            return isa
+    return None
 
 
 def built() -> bool:
