@@ -150,8 +150,8 @@ def paper_pointwise_rows(layer: DRConv2d, rows: Tensor, routing: RegionRouting, 
         kernels = kernels * scale[:, None]
         bias = shift if bias is None else bias * scale + shift
     kernels = kernels.transpose(2, 3).reshape(regions, -1, layer.out_channels)  # (m, (1+t)C, O)
-    per_row = coefficients.reshape(-1, terms).index_select(0, routing.sample_region)  # (N, t)
-    scale_rows = F.pad(per_row, (1, 0), value=1.0).unsqueeze(2)  # (N, 1+t, 1): [1, s_1, ..., s_t]
+    table = F.pad(coefficients.reshape(-1, terms), (1, 0), value=1.0)  # (B*m, 1+t): [1, s_1, ..., s_t]
+    scale_rows = table.index_select(0, routing.sample_region).unsqueeze(2)  # (N, 1+t, 1)
     inputs = (rows.unsqueeze(1) * scale_rows).reshape(-1, int(kernels.shape[1]))  # (N, (1+t)C)
     outs = []
     for j, index in enumerate(split_rows(routing.order, routing.sizes)):
