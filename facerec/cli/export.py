@@ -7,7 +7,9 @@ The file maps ``images`` (B, 3, H, W) float RGB, normalised as (x / 255 - 0.5) /
 (B, D), with a dynamic batch size; every variant exports, DRConv through an export forward of the same maths
 (``facerec.models.export``). With onnxruntime installed (``pip install "facerec[export]"``) the file is run on
 random inputs and the largest absolute difference of the L2-normalised embeddings against PyTorch is printed;
-above ``--tolerance`` the command fails (exit status 1).
+above ``--tolerance`` the command fails (exit status 1). A DRConv input on which some pixel's two best regions
+score within float rounding of each other is drawn again: there two correct float32 runtimes may pick different
+regions (``facerec.models.export.TIE_MARGIN``).
 """
 from __future__ import annotations
 
@@ -59,8 +61,12 @@ def main(argv=None) -> int:
     except ImportError as exc:
         print(f"not checked: {exc}")
         return 0
+    except ValueError as exc:
+        print(f"facerec-export: check failed: {exc}", file=sys.stderr)
+        return 1
     ok = diff <= args.tolerance
-    print(f"onnxruntime vs PyTorch, 4 random inputs: max |diff| of normalised embeddings {diff:.2e} "
+    print(f"onnxruntime vs PyTorch, 4 random inputs (no near-tied guided mask): max |diff| of normalised embeddings "
+          f"{diff:.2e} "
           f"({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})")
     return 0 if ok else 1
 

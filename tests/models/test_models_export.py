@@ -10,7 +10,7 @@ from torch import nn
 
 from facerec.models import Bottleneck, create_model
 from facerec.models.export import (ExportCondConv2d, ExportDRConv2d, ExportPReLU, ExportRegionBottleneck,
-                                   compare_onnx, export_onnx, exportable)
+                                   compare_onnx, export_onnx, exportable, near_tied_samples)
 from facerec.nn import CondConv2d, DRConv2d, pointwise_factory
 
 VARIANTS = [("mobilefacenet", {}), ("drconv_mobilefacenet", {}), ("drconv_mobilefacenet", {"generator": "basis"}),
@@ -257,3 +257,73 @@ def test_onnx_matches_pytorch(name, kw, tmp_path):
     assert "PRelu" not in {node.op_type for node in onnx.load(str(path)).graph.node}
     print(f"{name} {kw}: max |onnx - torch| of normalised embeddings = {diff:.2e}")
     assert diff <= 1e-4
+
+
+class _TwoRegions(nn.Module):
+    """A 1x1 DRConv (3 -> 4, m = 2) whose guide scores region 1 minus region 0 as the input's channel 0 (x
+    ``gap``): a pixel whose channel 0 is 0 is an exact tie; ``gap=0`` ties every pixel."""
+
+    input_size = (5, 4)
+
+    def __init__(self, gap: float = 1.0) -> None:
+        super().__init__()
+        self.layer = DRConv2d(3, 4, 1, regions=2, init="spread")
+        with torch.no_grad():
+            self.layer.guide.weight.zero_()
+            self.layer.guide.weight[1, 0] = gap
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x).flatten(1)
+
+
+def _channel0_away_from_zero(batch: int) -> torch.Tensor:
+    x = torch.rand(batch, 3, 5, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x[:, 0] = 0.5 + 0.5 * x[:, 0].abs()  # channel 0 in [0.5, 1]: every pixel's gap is >= half the largest
+    return x
+
+
+def test_near_tied_samples_finds_the_sample_with_a_tied_pixel():
+    model = _TwoRegions()
+    x = _channel0_away_from_zero(3)
+    x[1, 0, 2, 3] = 0.0                           # sample 1: one pixel exactly tied
+    assert near_tied_samples(model, x).tolist() == [False, True, False]
+    x[1, 0, 2, 3] = 1e-3                          # a gap of 1e-3 of the largest |F|: tied at margin 1e-2 only
+    assert near_tied_samples(model, x).tolist() == [False, False, False]
+    assert near_tied_samples(model, x, margin=1e-2).tolist() == [False, True, False]
+    assert not near_tied_samples(nn.Sequential(nn.Conv2d(3, 2, 1)), x).any()  # no guide, no ties
+
+
+def test_compare_onnx_leaves_near_tied_samples_out(tmp_path):
+    pytest.importorskip("onnxruntime", reason='optional extra: pip install "facerec[export]"')
+    model = _TwoRegions()
+    path = export_onnx(model, tmp_path / "two.onnx")
+    x = _channel0_away_from_zero(2)
+    x[0, 0, 1, 1] = 0.0
+    assert compare_onnx(model, path, images=x) <= 1e-5        # sample 1 compared, sample 0 left out
+    with pytest.raises(ValueError, match="all 1 images have a near-tied guided mask"):
+        compare_onnx(model, path, images=x[:1])
+    assert compare_onnx(model, path) <= 1e-5                  # random draws: untied ones found
+
+
+def test_compare_onnx_says_when_no_untied_inputs_can_be_drawn(tmp_path):
+    pytest.importorskip("onnxruntime", reason='optional extra: pip install "facerec[export]"')
+    model = _TwoRegions(gap=0.0)                   # every pixel tied: ties go to region 0 in both runtimes
+    path = export_onnx(model, tmp_path / "tied.onnx")
+    with pytest.raises(ValueError, match="3 draws of random inputs gave 0 of 2"):
+        compare_onnx(model, path, batch_size=2, max_draws=3)
+    assert compare_onnx(model, path, batch_size=2, tie_margin=0.0) <= 1e-5   # margin 0 keeps every sample
+
+
+@pytest.mark.slow
+def test_export_cli_passes_on_the_shipped_drconv_model(tmp_path, capsys):
+    """The shipped model has near-tied pixels on some random inputs (seed 0's second sample): the check must not
+    fail on them."""
+    pytest.importorskip("onnxruntime", reason='optional extra: pip install "facerec[export]"')
+    from pathlib import Path
+
+    from facerec.cli.export import main as export_main
+
+    ckpt = Path(__file__).resolve().parents[2] / "data/pretrained/drconv_mobilefacenet.pt"
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "drconv.onnx")]) == 0
+    assert "(ok, tolerance 0.0001)" in capsys.readouterr().out
