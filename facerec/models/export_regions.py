@@ -23,7 +23,8 @@ each DRConv folded into its kernels and bias, and the block on rows from its inp
 Gemm with its norm folded, the generators' global pooling as a MatMul of the rows by 1/P, the PReLUs and the
 shortcut on rows, so that onnxruntime cancels the layout transposes between blocks); only the depthwise conv and
 its BatchNorm run in NCHW, and with nothing between them and the layout transposes onnxruntime folds those into
-the depthwise conv's NCHWc reorders (batch 32: 7% faster than with the PReLUs in NCHW).
+the depthwise conv's NCHWc reorders (batch 32, three interleaved runs against the PReLUs in NCHW: 0-7% faster
+at 1 thread, 7-9% at 2).
 ``facerec.models.export`` uses it; cost and measurements: ``benchmarks/onnx_speed.py``, docs/models.md.
 """
 from __future__ import annotations
