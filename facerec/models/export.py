@@ -285,18 +285,23 @@ TIE_MARGIN = 1e-6
 
 
 def _forward_with_ties(model: nn.Module, images: Tensor, margin: float) -> tuple[Tensor, Tensor]:
-    """One eval-mode forward -> (outputs, near_tied (B,) bool): whether any pixel of any guided mask of the sample
-    (``facerec.nn.guide_modules``) has its two largest guided features within ``margin`` of the largest |F|."""
+    """One forward of ``model`` in eval mode (its mode restored after) on its device -> (outputs, near_tied (B,)
+    bool on the CPU): whether any pixel of any guided mask of the sample (``facerec.nn.guide_modules``) has its two
+    largest guided features within ``margin`` of the largest |F|."""
+    device = next(iter(model.parameters()), torch.zeros(())).device
     features = []
     handles = [module.register_forward_hook(lambda _m, _i, out: features.append(out.detach()))
                for _, module in guide_modules(model)]
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
-            out = model(images)
+            out = model(images.to(device))
     finally:
+        model.train(was_training)
         for handle in handles:
             handle.remove()
-    tied = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+    tied = torch.zeros(images.shape[0], dtype=torch.bool, device=device)
     for feature in features:
         if feature.shape[1] < 2:
             continue
@@ -304,20 +309,14 @@ def _forward_with_ties(model: nn.Module, images: Tensor, margin: float) -> tuple
         top = feature.topk(2, dim=1).values
         gap = (top[:, 0] - top[:, 1]).amin(1)
         scale = feature.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float32).tiny)
-        tied |= (gap < margin * scale).to(tied.device)
-    return out, tied
+        tied |= gap < margin * scale
+    return out, tied.cpu()
 
 
 def near_tied_samples(model: nn.Module, images: Tensor, *, margin: float = TIE_MARGIN) -> Tensor:
     """images (B, 3, H, W) -> (B,) bool: the samples on which ``model`` (run in eval mode) has a near-tied guided
     mask pixel (see :data:`TIE_MARGIN`); all False for a model without guides."""
-    device = next(iter(model.parameters()), torch.zeros(())).device
-    was_training = model.training
-    model.eval()
-    try:
-        return _forward_with_ties(model, images.to(device), margin)[1].cpu()
-    finally:
-        model.train(was_training)
+    return _forward_with_ties(model, images, margin)[1]
 
 
 def compare_onnx(model: nn.Module, path: str | Path, images: Tensor | None = None, *, batch_size: int = 3,
@@ -341,34 +340,28 @@ def compare_onnx(model: nn.Module, path: str | Path, images: Tensor | None = Non
         import onnxruntime
     except ImportError as exc:
         raise ImportError('checking an ONNX file needs onnxruntime: pip install "facerec[export]"') from exc
-    device = next(iter(model.parameters()), torch.zeros(())).device
-    was_training = model.training
-    model.eval()
-    try:
-        if images is None:
-            size = _input_size(model, None)
-            gen = torch.Generator().manual_seed(seed)
-            kept_images, kept_out = [], []
-            for _ in range(max_draws):
-                draw = torch.rand(batch_size - sum(len(k) for k in kept_images), 3, *size, generator=gen) * 2 - 1
-                out, tied = _forward_with_ties(model, draw.to(device), tie_margin)
-                kept_images.append(draw[~tied.cpu()])
-                kept_out.append(out[~tied].float().cpu())
-                if sum(len(k) for k in kept_images) == batch_size:
-                    break
-            else:
-                raise ValueError(f"{max_draws} draws of random inputs gave "
-                                 f"{sum(len(k) for k in kept_images)} of {batch_size} without a near-tied guided "
-                                 f"mask (tie_margin={tie_margin:g})")
-            images, want = torch.cat(kept_images), torch.cat(kept_out).numpy()
+    if images is None:
+        size = _input_size(model, None)
+        gen = torch.Generator().manual_seed(seed)
+        kept_images, kept_out, have = [], [], 0
+        for _ in range(max_draws):
+            draw = torch.rand(batch_size - have, 3, *size, generator=gen) * 2 - 1
+            out, tied = _forward_with_ties(model, draw, tie_margin)
+            kept_images.append(draw[~tied])
+            kept_out.append(out.float().cpu()[~tied])
+            have += int((~tied).sum())
+            if have == batch_size:
+                break
         else:
-            out, tied = _forward_with_ties(model, images.to(device), tie_margin)
-            if bool(tied.all()):
-                raise ValueError(f"all {len(tied)} images have a near-tied guided mask (tie_margin={tie_margin:g}); "
-                                 "nothing to compare")
-            images, want = images[~tied.cpu()], out[~tied].float().cpu().numpy()
-    finally:
-        model.train(was_training)
+            raise ValueError(f"{max_draws} draws of random inputs gave {have} of {batch_size} without a near-tied "
+                             f"guided mask (tie_margin={tie_margin:g})")
+        images, want = torch.cat(kept_images), torch.cat(kept_out).numpy()
+    else:
+        out, tied = _forward_with_ties(model, images, tie_margin)
+        if bool(tied.all()):
+            raise ValueError(f"all {len(tied)} images have a near-tied guided mask (tie_margin={tie_margin:g}); "
+                             "nothing to compare")
+        images, want = images.cpu()[~tied], out.float().cpu()[~tied].numpy()
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(["embeddings"], {"images": images.cpu().numpy().astype(np.float32)})[0]
     if got.shape != want.shape:

@@ -40,6 +40,8 @@ _SOURCE = Path(__file__).with_name("csrc") / "fused_region.cpp"
 # Compiler flags per CPU capability that torch reports (``ATEN_CPU_CAPABILITY=avx2`` selects AVX2 on an AVX-512 CPU).
 _FLAGS = {"AVX512": ["-O3", "-fopenmp", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-mavx2"],
           "AVX2": ["-O3", "-fopenmp", "-mavx2", "-mfma"]}
+# The builds a capability may take, best first (a CPU without AVX-512 gets the AVX2 build; see instruction_set).
+_CANDIDATES = {"AVX512": ("AVX512", "AVX2"), "AVX2": ("AVX2",)}
 _module = None
 _failed = False
 # Packed kernels per kernels tensor (weak keys: an entry lives as long as its tensor), checked against the tensor's
@@ -87,11 +89,8 @@ def instruction_set() -> str | None:
     by what the CPU has: ``ATEN_CPU_CAPABILITY=avx512`` on a CPU without AVX-512 makes torch report AVX512, and an
     AVX-512 build would die there of an illegal instruction, so the AVX2 build is taken instead.
     """
-    capability = torch.backends.cpu.get_cpu_capability()
-    for isa in ("AVX512", "AVX2")[("AVX512", "AVX2").index(capability):] if capability in _FLAGS else ():
-        if _cpu_has(isa):
-            return isa
-    return None
+    candidates = _CANDIDATES.get(torch.backends.cpu.get_cpu_capability(), ())
+    return next((isa for isa in candidates if _cpu_has(isa)), None)
 
 
 def built() -> bool:
